@@ -1,0 +1,120 @@
+"""Command lines: ``train.py`` and ``python -m landcover {evaluate,predict,push}``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .config import TrainConfig, add_dataclass_arguments
+
+
+def train_main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of ``train.py``: train, write the model folder, optionally push it."""
+    parser = argparse.ArgumentParser(description="Fine-tune a timm model on EuroSAT with accelerate.")
+    add_dataclass_arguments(parser, TrainConfig)
+    cfg = TrainConfig(**vars(parser.parse_args(argv)))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .hub import PushError, push_folder, save_model_folder
+    from .training import CheckpointError, NonFiniteLossError, train
+
+    try:
+        result = train(cfg)
+    except (CheckpointError, NonFiniteLossError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if result is None:  # not the main process
+        return 0
+    folder = save_model_folder(result)
+    print(f"model folder: {folder}")
+    if cfg.push_to_hub:
+        try:
+            url = push_folder(folder, cfg.push_to_hub, private=cfg.hub_private, revision=cfg.hub_revision)
+        except PushError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 3
+        print(f"pushed: {url}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .evaluate import evaluate_model
+
+    result = evaluate_model(args.model, args.data, split=args.split, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"model {result['model']}  data {result['data']}  split {result['split']}  n {result['n']}")
+        print(f"accuracy {result['accuracy']:.4f}  macro F1 {result['macro_f1']:.4f}")
+        for name, m in result["per_class"].items():
+            print(f"  {name:22s} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  n {m['support']}")
+    return 0
+
+
+def _predict(args) -> int:
+    from .predict import Predictor
+
+    predictor = Predictor.load(args.model)
+    results = predictor.predict_files(args.images, top_k=args.top_k)
+    if args.json:
+        print(json.dumps([{"image": str(p), "label": next(iter(r)), "probabilities": r}
+                          for p, r in zip(args.images, results)]))
+    else:
+        for path, probs in zip(args.images, results):
+            top = ", ".join(f"{k} {v:.3f}" for k, v in probs.items())
+            print(f"{path}: {top}")
+    return 0
+
+
+def _push(args) -> int:
+    from .hub import PushError, push_folder
+
+    try:
+        print(push_folder(args.folder, args.repo_id, private=args.private, revision=args.revision))
+    except PushError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m landcover", description="EuroSAT land-cover tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    model_help = "Model folder or Hub id org/name[@revision] (default: the embedded model)."
+
+    ev = sub.add_parser("evaluate", help="Accuracy, per-class metrics and confusion matrix on a dataset.")
+    ev.add_argument("--model", default=None, help=model_help)
+    ev.add_argument("--data", required=True, help="Local folder (imagefolder/parquet) or Hub dataset id.")
+    ev.add_argument("--split", default="test", choices=["train", "validation", "test", "all"],
+                    help="Split to evaluate; 'all' uses every image. On a local folder, 'test' uses the split "
+                         "recorded with the model (splits.json) when there is one.")
+    ev.add_argument("--batch-size", type=int, default=256, help="Images per forward pass.")
+    ev.add_argument("--json", action="store_true", help="Print one JSON object.")
+    ev.set_defaults(func=_evaluate)
+
+    pr = sub.add_parser("predict", help="Classify image files.")
+    pr.add_argument("images", nargs="+", help="Image files (any format PIL reads).")
+    pr.add_argument("--model", default=None, help=model_help)
+    pr.add_argument("--top-k", type=int, default=3, help="How many classes to show per image.")
+    pr.add_argument("--json", action="store_true", help="Print JSON.")
+    pr.set_defaults(func=_predict)
+
+    pu = sub.add_parser("push", help="Upload a model folder to the Hugging Face Hub.")
+    pu.add_argument("folder", help="Model folder written by train.py.")
+    pu.add_argument("repo_id", help="Target repo, e.g. your-name/eurosat-wide-resnet50.")
+    pu.add_argument("--private", action="store_true", help="Create the repo as private.")
+    pu.add_argument("--revision", default=None, help="Branch to push to (created if missing).")
+    pu.set_defaults(func=_push)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,333 @@
+"""EuroSAT loading: the project's only ``datasets`` user.
+
+Every source (a Hub dataset id, a local imagefolder ``<Class>/<Class>_<N>.jpg``, a folder of parquet
+files) goes through ``datasets.load_dataset``. Images are decoded **once** into a uint8 tensor
+(EuroSAT RGB is ~330 MB decoded); augmentation then runs on batches of that tensor
+(:mod:`landcover.transforms`), so no epoch ever touches PIL.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .labels import EUROSAT_CLASSES
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+_SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "val"), "test": ("test",)}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset reference that is neither a readable local folder nor a Hub dataset."""
+
+
+class ClassMismatchError(ValueError):
+    """The dataset's class names are not the ten EuroSAT classes."""
+
+
+@dataclass
+class Patches:
+    """Decoded patches of one split: uint8 images ``(N, 3, H, W)``, int64 labels, and their ids."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    files: list[str]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: Sequence[int]) -> "Patches":
+        idx = torch.as_tensor(list(index), dtype=torch.long)
+        return Patches(self.images[idx], self.labels[idx], [self.files[i] for i in idx.tolist()])
+
+
+@dataclass
+class EuroSAT:
+    """A loaded dataset: the three splits, the class names (index order) and how the split was made."""
+
+    splits: dict[str, Patches]
+    class_names: list[str]
+    source: str
+    split_origin: str
+    skipped: list[str] = field(default_factory=list)
+
+    def split_files(self) -> dict[str, list[str]]:
+        return {name: patches.files for name, patches in self.splits.items()}
+
+
+class TensorPatches(torch.utils.data.Dataset):
+    """Map-style dataset over decoded patches that fetches whole batches (``__getitems__``).
+
+    DataLoader calls ``__getitems__`` with a batch of indices, so a batch is two tensor gathers, not
+    ``batch_size`` Python calls.
+    """
+
+    def __init__(self, patches: Patches):
+        self.images = patches.images
+        self.labels = patches.labels
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, i: int):
+        return self.images[i], self.labels[i]
+
+    def __getitems__(self, indices: list[int]):
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[idx], self.labels[idx]
+
+
+def collate_batch(batch):
+    """Identity collate for :class:`TensorPatches` (the batch is already stacked)."""
+    return batch
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _load_raw(ref: str):
+    """``datasets.load_dataset`` for a Hub id, an imagefolder or a parquet folder."""
+    import datasets
+
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if any(path.rglob("*.parquet")):
+            return datasets.load_dataset("parquet", data_dir=str(path)), str(path.resolve())
+        return datasets.load_dataset("imagefolder", data_dir=str(path)), str(path.resolve())
+    looks_local = ref.startswith((".", "/", "~")) or ref.count("/") > 1 or (path.suffix and not path.exists())
+    if looks_local:
+        raise DatasetNotFoundError(
+            f"Dataset folder {ref!r} not found. Expected a folder of <Class>/<Class>_<N>.jpg images (unzip the "
+            f"official EuroSAT.zip and pass its 2750/ folder) or of *.parquet files, or a Hub dataset id such as "
+            f"'timm/eurosat-rgb'.")
+    try:
+        return datasets.load_dataset(ref), ref
+    except (FileNotFoundError, ConnectionError, OSError) as err:
+        raise DatasetNotFoundError(
+            f"Could not load Hub dataset {ref!r} ({type(err).__name__}: {err}). Check the id and your network, "
+            f"or pass a local folder with --dataset (e.g. an unzipped EuroSAT.zip).") from err
+
+
+def _class_names(split) -> list[str]:
+    feature = split.features.get("label")
+    if feature is None or not hasattr(feature, "names"):
+        raise ValueError(f"Expected a 'label' column of class names (ClassLabel); got columns "
+                         f"{list(split.features)}. Rename the label column to 'label'.")
+    return list(feature.names)
+
+
+def _resolve_classes(names: list[str], allow_custom: bool) -> tuple[list[str], np.ndarray]:
+    """Class names in index order, and a map from the dataset's label ids to those indices."""
+    if set(names) == set(EUROSAT_CLASSES):
+        return list(EUROSAT_CLASSES), np.array([EUROSAT_CLASSES.index(n) for n in names])
+    if allow_custom:
+        return list(names), np.arange(len(names))
+    missing = sorted(set(EUROSAT_CLASSES) - set(names))
+    extra = sorted(set(names) - set(EUROSAT_CLASSES))
+    raise ClassMismatchError(
+        f"Expected the 10 EuroSAT classes {list(EUROSAT_CLASSES)}; the dataset has {len(names)} classes: "
+        f"missing {missing}, unexpected {extra}. Fix the folder names, or pass --allow-custom-classes to train "
+        f"on the dataset's own classes.")
+
+
+def _decode_one(item: dict, size: Optional[int]) -> Optional[torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_image
+
+    data = item.get("bytes")
+    if data is None:
+        data = Path(item["path"]).read_bytes()
+    try:
+        img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError:
+        try:  # formats torchvision does not decode (TIFF, ...), via PIL
+            with Image.open(io.BytesIO(data)) as pil:
+                img = torch.from_numpy(np.asarray(pil.convert("RGB")).copy()).permute(2, 0, 1)
+        except Exception:
+            return None
+    if size is not None and tuple(img.shape[-2:]) != (size, size):
+        img = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True)[0]
+        img = img.round().clamp(0, 255).to(torch.uint8)
+    return img
+
+
+def _file_id(item: dict, root: Optional[str], fallback: str) -> str:
+    path = item.get("path")
+    if path and root:
+        try:
+            return Path(path).resolve().relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return Path(path).name if path else fallback
+
+
+def decode_split(split, name: str, label_map: np.ndarray, root: Optional[str], size: Optional[int] = None,
+                 threads: int = 4) -> tuple[Patches, list[str]]:
+    """Decode a ``datasets`` split into a :class:`Patches`. Undecodable images are skipped and returned."""
+    import datasets
+
+    raw = split.cast_column("image", datasets.Image(decode=False))
+    items = raw["image"]
+    labels = label_map[np.asarray(raw["label"], dtype=np.int64)]
+    ids = [_file_id(item, root, f"{name}/{i}") for i, item in enumerate(items)]
+    first = _decode_one(items[0], None) if items else None
+    if size is None and first is not None and first.shape[-1] != first.shape[-2]:
+        size = max(first.shape[-2:])  # non-square data: store square
+    with ThreadPoolExecutor(threads) as pool:
+        decoded = list(pool.map(lambda it: _decode_one(it, size), items))
+    if size is None and decoded:  # mixed sizes: store everything at the first image's size
+        shapes = {tuple(d.shape[-2:]) for d in decoded if d is not None}
+        if len(shapes) > 1:
+            target = first.shape[-1]
+            decoded = [None if d is None else _decode_one_resize(d, target) for d in decoded]
+    keep = [i for i, d in enumerate(decoded) if d is not None]
+    skipped = [ids[i] for i, d in enumerate(decoded) if d is None]
+    if skipped:
+        warnings.warn(f"Skipped {len(skipped)} undecodable image(s) in split {name!r}, e.g. {skipped[:3]}.")
+    images = torch.stack([decoded[i] for i in keep]) if keep else torch.empty(0, 3, 64, 64, dtype=torch.uint8)
+    return Patches(images, torch.as_tensor(labels[keep]), [ids[i] for i in keep]), skipped
+
+
+def _decode_one_resize(img: torch.Tensor, size: int) -> torch.Tensor:
+    if tuple(img.shape[-2:]) == (size, size):
+        return img
+    out = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True)[0]
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+# ---------------------------------------------------------------- splitting
+
+
+def stratified_split(labels: np.ndarray, files: Sequence[str], fractions: dict[str, float],
+                     seed: int) -> dict[str, list[int]]:
+    """Per-class shuffled split (ordered by file id first, so it only depends on the files and the seed)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[int]] = {name: [] for name in fractions}
+    names = list(fractions)
+    for cls in np.unique(labels):
+        idx = sorted(np.flatnonzero(labels == cls).tolist(), key=lambda i: files[i])
+        idx = [idx[i] for i in rng.permutation(len(idx))]
+        counts = [int(round(len(idx) * fractions[n])) for n in names[1:]]
+        start = 0
+        for name, count in zip(names[1:], counts):
+            out[name] += idx[start:start + count]
+            start += count
+        out[names[0]] += idx[start:]
+    return {name: sorted(ix) for name, ix in out.items()}
+
+
+def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> list[int]:
+    """``n`` indices with the class proportions of ``labels`` (a fixed-seed, reproducible choice)."""
+    labels_np = labels.numpy()
+    fractions = {"keep": n / len(labels_np), "rest": 1 - n / len(labels_np)}
+    picked = stratified_split(labels_np, [f"{i:09d}" for i in range(len(labels_np))],
+                              {"rest": fractions["rest"], "keep": fractions["keep"]}, seed)["keep"]
+    return picked[:n]
+
+
+def _concat(parts: list[Patches]) -> Patches:
+    return Patches(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
+                   [f for p in parts for f in p.files])
+
+
+def _find_split(raw, name: str):
+    for alias in _SPLIT_ALIASES[name]:
+        if alias in raw:
+            return raw[alias]
+    return None
+
+
+def load_eurosat(ref: str, *, seed: int = 42, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                 allow_custom_classes: bool = False, max_train_samples: Optional[int] = None,
+                 recorded_splits: Optional[dict[str, list[str]]] = None) -> EuroSAT:
+    """Load and decode a EuroSAT-style dataset into train/validation/test :class:`Patches`.
+
+    Args:
+        ref: Hub dataset id (``timm/eurosat-rgb``), or a local imagefolder / parquet folder.
+        seed: Seed of the stratified split, used when the dataset lacks a validation or test split.
+        val_fraction: Validation share for a generated split.
+        test_fraction: Test share for a generated split.
+        allow_custom_classes: Accept classes other than the ten EuroSAT ones.
+        max_train_samples: Keep a stratified subset of this many training patches.
+        recorded_splits: File lists per split (``splits.json`` of a model folder); when given, these
+            decide the split of a local folder instead of the seed.
+
+    Raises:
+        DatasetNotFoundError: ``ref`` is neither a folder nor a loadable Hub dataset.
+        ClassMismatchError: the classes are not the EuroSAT ten (and custom classes are not allowed).
+    """
+    raw, source = _load_raw(ref)
+    root = source if Path(source).is_dir() else None
+    first = next(iter(raw.values()))
+    class_names, label_map = _resolve_classes(_class_names(first), allow_custom_classes)
+    decoded: dict[str, Patches] = {}
+    skipped: list[str] = []
+    for name, split in raw.items():
+        patches, bad = decode_split(split, name, label_map, root)
+        decoded[name] = patches
+        skipped += bad
+    own = {name: _find_split(raw, name) is not None for name in SPLITS}
+    if recorded_splits:
+        allp = _concat(list(decoded.values()))
+        position = {f: i for i, f in enumerate(allp.files)}
+        missing = [f for files in recorded_splits.values() for f in files if f not in position]
+        if missing:
+            raise ValueError(f"{len(missing)} file(s) of the recorded split are not in {source}, e.g. {missing[:3]}. "
+                             f"Point --data at the folder the model was trained on.")
+        splits = {name: allp.subset([position[f] for f in files]) for name, files in recorded_splits.items()}
+        origin = "recorded split files (splits.json)"
+    elif all(own.values()):
+        splits = {name: decoded[next(a for a in _SPLIT_ALIASES[name] if a in raw)] for name in SPLITS}
+        origin = "dataset's own splits"
+    else:
+        splits, origin = _make_splits(decoded, raw, own, seed, val_fraction, test_fraction)
+    if max_train_samples and max_train_samples < len(splits["train"]):
+        splits["train"] = splits["train"].subset(stratified_subset(splits["train"].labels, max_train_samples, seed))
+    return EuroSAT(splits, class_names, source, origin, skipped)
+
+
+def _make_splits(decoded, raw, own, seed, val_fraction, test_fraction):
+    missing = [n for n in SPLITS if not own[n]]
+    # Carve the missing splits out of the train split (or out of everything if there is no train split).
+    base = decoded[_find_split_name(raw, "train")] if own["train"] else _concat(list(decoded.values()))
+    fractions = {"train": 1.0}
+    share = {"validation": val_fraction, "test": test_fraction}
+    for n in missing:
+        if n != "train":
+            fractions[n] = share[n]
+    fractions["train"] = 1.0 - sum(v for k, v in fractions.items() if k != "train")
+    index = stratified_split(base.labels.numpy(), base.files, fractions, seed)
+    splits = {n: base.subset(index[n]) for n in fractions}
+    for n in SPLITS:
+        if own[n] and n != "train":
+            splits[n] = decoded[_find_split_name(raw, n)]
+    pct = "/".join(f"{round(100 * fractions.get(n, 0))}" for n in SPLITS)
+    return splits, f"stratified {pct} split of {'train' if own['train'] else 'all files'} (seed {seed})"
+
+
+def _find_split_name(raw, name: str) -> str:
+    return next(a for a in _SPLIT_ALIASES[name] if a in raw)
+
+
+def load_folder_patches(ref: str, class_names: Sequence[str]) -> Patches:
+    """All images of a dataset (``--split all``), labelled in ``class_names`` order."""
+    raw, source = _load_raw(ref)
+    root = source if Path(source).is_dir() else None
+    names = _class_names(next(iter(raw.values())))
+    unknown = sorted(set(names) - set(class_names))
+    if unknown:
+        raise ClassMismatchError(f"The data has classes {unknown} that the model does not know "
+                                 f"(model classes: {list(class_names)}).")
+    label_map = np.array([list(class_names).index(n) for n in names])
+    return _concat([decode_split(split, name, label_map, root)[0] for name, split in raw.items()])

@@ -1,0 +1,425 @@
+"""Fine-tuning loop: the project's only ``accelerate`` user.
+
+Runs unchanged on a CPU, one GPU, several GPUs or nodes (``accelerate launch`` / ``torchrun``), with
+``--mixed_precision bf16|fp16|no``. The data path is decode-once uint8 tensors -> batched augmentation on
+the training device (:mod:`landcover.transforms`); the hot loop has no per-sample Python and no
+host-device sync per step (the loss is checked every ``log_every`` steps).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .data import EuroSAT, Patches, TensorPatches, collate_batch, load_eurosat
+from .metrics import confusion_matrix, report
+from .model import create_model, data_config, set_backbone_frozen, train_mode
+from .transforms import augment, make_generator, preprocess
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+TRAINER_STATE = "trainer_state.json"
+BEST_WEIGHTS = "best_model.safetensors"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder is unreadable or belongs to another run configuration."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run hands to the model-folder writer (main process only)."""
+
+    model: torch.nn.Module
+    config: TrainConfig
+    data: EuroSAT
+    metrics: dict
+    history: list[dict]
+    examples: dict[str, torch.Tensor] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    hardware: str = ""
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def build_model(cfg: TrainConfig, class_names: list[str]) -> torch.nn.Module:
+    """The model a run starts from (seeded, so tests can rebuild the exact initial weights)."""
+    torch.manual_seed(cfg.seed)
+    return create_model(cfg.model, num_classes=len(class_names), pretrained=cfg.pretrained,
+                        drop_rate=cfg.drop_rate, image_size=cfg.image_size, label_names=class_names,
+                        init_checkpoint=cfg.init_checkpoint)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on norms and biases; fused kernels on CUDA."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = torch.cuda.is_available() and next(model.parameters()).is_cuda
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    """Linear warm-up, then cosine decay to zero, per optimiser step."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+
+    # Frozen epochs leave backbone parameters without gradients; DDP must be told to expect that.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.freeze_epochs > 0)
+    return Accelerator(
+        gradient_accumulation_steps=cfg.grad_accum,
+        log_with=cfg.report_to,
+        project_dir=cfg.output_dir,
+        cpu=not (torch.cuda.is_available() or _mps_available()),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+        kwargs_handlers=[ddp],
+    )
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def make_loaders(data: EuroSAT, cfg: TrainConfig):
+    loader = torch.utils.data.DataLoader
+    common = dict(collate_fn=collate_batch, num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available())
+    train = loader(TensorPatches(data.splits["train"]), batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                   **common)
+    evals = {name: loader(TensorPatches(data.splits[name]), batch_size=cfg.eval_batch_size, shuffle=False,
+                          **common) for name in ("validation", "test")}
+    return train, evals
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    root = Path(output_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("epoch_*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def latest_checkpoint(output_dir: str | Path) -> Optional[Path]:
+    """Newest complete checkpoint (half-written ones live in ``*.tmp`` and are never picked)."""
+    dirs = _checkpoint_dirs(output_dir)
+    return dirs[-1] if dirs else None
+
+
+_RESUME_MUST_MATCH = ("dataset", "model", "image_size", "batch_size", "grad_accum", "seed", "epochs",
+                      "val_fraction", "test_fraction", "max_train_samples", "freeze_epochs", "lr")
+
+
+def read_trainer_state(checkpoint: Path, cfg: TrainConfig) -> dict:
+    """The loop state of a checkpoint, after checking it belongs to this configuration."""
+    path = checkpoint / TRAINER_STATE
+    try:
+        state = json.loads(path.read_text())
+        saved = state["config"]
+    except (OSError, ValueError, KeyError) as err:
+        raise CheckpointError(f"Checkpoint {checkpoint} is unreadable ({type(err).__name__}: {err}); expected "
+                              f"{TRAINER_STATE} written by a finished epoch. Delete the folder to resume from "
+                              f"the one before it, or start without --resume.") from err
+    mismatch = {k: (saved.get(k), getattr(cfg, k)) for k in _RESUME_MUST_MATCH if saved.get(k) != getattr(cfg, k)}
+    if mismatch:
+        detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in mismatch.items())
+        raise CheckpointError(f"Checkpoint {checkpoint} was made with another configuration ({detail}). Resume "
+                              f"with the original flags, or use a new --output-dir.")
+    return state
+
+
+def save_checkpoint(accelerator, cfg: TrainConfig, state: dict, best_state: Optional[dict]) -> None:
+    """``save_state`` into ``epoch_N.tmp``, then an atomic rename: a kill never leaves a half checkpoint."""
+    from safetensors.torch import save_file
+
+    root = Path(cfg.output_dir) / CHECKPOINTS
+    final = root / f"epoch_{state['epoch']:04d}"
+    tmp = root / f"{final.name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        if best_state is not None:
+            save_file(best_state, str(tmp / BEST_WEIGHTS))
+        (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in _checkpoint_dirs(cfg.output_dir)[:-max(1, cfg.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------- loops
+
+
+def evaluate_loader(accelerator, model, loader, prep: dict, num_classes: int, desc: str,
+                    memory_format=torch.contiguous_format) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """Confusion matrix, mean loss and predictions over a prepared loader.
+
+    ``gather_for_metrics`` per batch drops the samples DDP duplicated to even out the shards, so the
+    counts equal the split size exactly on any number of processes.
+    """
+    model.eval()
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.long, device=accelerator.device)
+    loss_sum = torch.zeros((), device=accelerator.device)
+    preds_all = []
+    with torch.inference_mode():
+        for images, labels in tqdm(loader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
+            x = preprocess(images, prep["size"], prep["mean"], prep["std"], memory_format)
+            logits = model(x).float()
+            loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+            preds, labels, loss = accelerator.gather_for_metrics((logits.argmax(1), labels, loss))
+            cm += confusion_matrix(preds, labels, num_classes)
+            loss_sum += loss.sum()
+            preds_all.append(preds)
+    n = int(cm.sum())
+    return cm, float(loss_sum) / max(1, n), torch.cat(preds_all).cpu() if preds_all else torch.empty(0)
+
+
+def _prep(cfg: TrainConfig, model) -> dict:
+    dc = data_config(model)
+    return {"size": cfg.image_size, "mean": dc["mean"], "std": dc["std"]}
+
+
+def train_one_epoch(accelerator, model, loader, optimizer, scheduler, criterion, cfg: TrainConfig, epoch: int,
+                    prep: dict, step: int, memory_format) -> tuple[dict, int]:
+    """One epoch; returns its summary and the new global optimiser step."""
+    train_mode(model)
+    # Per-epoch seeds (not a running RNG) make a resumed run replay exactly the same epochs.
+    torch.manual_seed(cfg.seed * 1000 + epoch * 10 + accelerator.process_index)
+    gen = make_generator(cfg.seed * 7919 + epoch * 104729 + accelerator.process_index, accelerator.device)
+    loader.set_epoch(epoch)
+    loss_sum = torch.zeros((), device=accelerator.device)
+    correct = torch.zeros((), device=accelerator.device, dtype=torch.long)
+    seen = 0
+    first_bad = torch.full((), -1, device=accelerator.device, dtype=torch.long)
+    start = time.perf_counter()
+    bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+               disable=not accelerator.is_local_main_process)
+    for batch_index, (images, labels) in enumerate(loader):
+        with accelerator.accumulate(model):
+            x = augment(images, prep["size"], prep["mean"], prep["std"], gen, cfg.crop_scale, cfg.jitter,
+                        memory_format)
+            logits = model(x)
+            loss = criterion(logits.float(), labels)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if accelerator.sync_gradients:
+            scheduler.step()
+            step += 1
+        detached = loss.detach()
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached),
+                                torch.full_like(first_bad, batch_index), first_bad)
+        loss_sum += detached * labels.shape[0]
+        correct += (logits.detach().argmax(1) == labels).sum()
+        seen += labels.shape[0]
+        bar.update(1)
+        if (batch_index + 1) % cfg.log_every == 0 or batch_index + 1 == len(loader):
+            _check_finite(first_bad, epoch, step, cfg)  # one sync every log_every steps
+            bar.set_postfix(loss=f"{float(loss_sum) / max(1, seen):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
+    bar.close()
+    _check_finite(first_bad, epoch, step, cfg)
+    seconds = time.perf_counter() - start
+    totals = accelerator.reduce(torch.stack([loss_sum, correct.float(), torch.tensor(float(seen),
+                                                                                   device=loss_sum.device)]))
+    total_seen = max(1.0, float(totals[2]))
+    return {"train_loss": float(totals[0]) / total_seen, "train_acc": float(totals[1]) / total_seen,
+            "lr": scheduler.get_last_lr()[0], "img_per_s": total_seen / max(seconds, 1e-9),
+            "train_seconds": seconds}, step
+
+
+def _check_finite(first_bad: torch.Tensor, epoch: int, step: int, cfg: TrainConfig) -> None:
+    bad = int(first_bad)
+    if bad >= 0:
+        last = latest_checkpoint(cfg.output_dir)
+        raise NonFiniteLossError(
+            f"Training loss became NaN/inf in epoch {epoch + 1} at batch {bad} (optimiser step <= {step}). "
+            f"The last good checkpoint is {last or 'none (no epoch finished)'}. Lower --lr, check the data, or "
+            f"use --mixed_precision bf16 instead of fp16; then --resume.")
+
+
+# ---------------------------------------------------------------- the run
+
+
+def train(cfg: TrainConfig) -> Optional[TrainResult]:
+    """Fine-tune, checkpoint every epoch, keep the best epoch by validation accuracy, test it.
+
+    Returns the :class:`TrainResult` on the main process and ``None`` on the others.
+    """
+    run_start = time.perf_counter()
+    accelerator = make_accelerator(cfg)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    with accelerator.main_process_first():  # the first process builds the datasets cache
+        data = load_eurosat(cfg.dataset, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                            test_fraction=cfg.test_fraction, allow_custom_classes=cfg.allow_custom_classes,
+                            max_train_samples=cfg.max_train_samples)
+    if len(data.splits["train"]) < cfg.batch_size * accelerator.num_processes:
+        raise ValueError(f"The training split has {len(data.splits['train'])} images, fewer than one global batch "
+                         f"({cfg.batch_size} x {accelerator.num_processes} processes). Lower --batch-size.")
+    model = build_model(cfg, data.class_names)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    prep = _prep(cfg, model)
+    if cfg.compile:
+        model = torch.compile(model)
+    optimizer = make_optimizer(model, cfg)
+    train_loader, eval_loaders = make_loaders(data, cfg)
+    model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
+        model, optimizer, train_loader, eval_loaders["validation"], eval_loaders["test"])
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    scheduler = make_scheduler(optimizer, int(cfg.warmup_epochs * steps_per_epoch), total_steps)
+    accelerator.register_for_checkpointing(scheduler)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)  # takes raw logits
+    if cfg.report_to:
+        accelerator.init_trackers("landcover", config={k: v for k, v in asdict(cfg).items() if v is not None})
+
+    start_epoch, step, history, best = 0, 0, [], {"val_acc": -1.0, "epoch": -1}
+    best_state: Optional[dict] = None
+    if cfg.resume:
+        start_epoch, step, history, best, best_state = _resume(accelerator, cfg)
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    _log_start(accelerator, cfg, data, unwrapped)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        set_backbone_frozen(unwrapped, epoch < cfg.freeze_epochs)
+        summary, step = train_one_epoch(accelerator, model, train_loader, optimizer, scheduler, criterion, cfg,
+                                        epoch, prep, step, memory_format)
+        cm, val_loss, _ = evaluate_loader(accelerator, model, val_loader, prep, len(data.class_names),
+                                          "validation", memory_format)
+        val = report(cm, data.class_names)
+        entry = {"epoch": epoch + 1, **summary, "val_loss": val_loss, "val_acc": val["accuracy"],
+                 "frozen_backbone": epoch < cfg.freeze_epochs, "step": step}
+        history.append(entry)
+        if val["accuracy"] > best["val_acc"]:
+            best = {"val_acc": val["accuracy"], "epoch": epoch + 1}
+            best_state = {k: v.detach().cpu().contiguous().clone() for k, v in unwrapped.state_dict().items()}
+        state = {"epoch": epoch + 1, "step": step, "history": history, "best": best, "config": asdict(cfg)}
+        save_checkpoint(accelerator, cfg, state, best_state)
+        _log_epoch(accelerator, entry, cfg)
+        if cfg.report_to:
+            accelerator.log({k: v for k, v in entry.items() if isinstance(v, (int, float))}, step=epoch + 1)
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
+    if best_state is not None:
+        unwrapped.load_state_dict(best_state)
+    set_backbone_frozen(unwrapped, False)
+    result = _final_evaluation(accelerator, model, unwrapped, test_loader, val_loader, data, cfg, prep,
+                               memory_format, history, best)
+    if cfg.report_to:
+        accelerator.end_training()
+    if result is not None:
+        result.wall_time_s = time.perf_counter() - run_start
+        result.hardware = describe_hardware(accelerator)
+    accelerator.wait_for_everyone()
+    return result
+
+
+def _resume(accelerator, cfg: TrainConfig):
+    from safetensors.torch import load_file
+
+    checkpoint = latest_checkpoint(cfg.output_dir)
+    if checkpoint is None:
+        raise CheckpointError(f"--resume: no complete checkpoint in {Path(cfg.output_dir) / CHECKPOINTS}. "
+                              f"Start without --resume.")
+    state = read_trainer_state(checkpoint, cfg)
+    try:
+        accelerator.load_state(str(checkpoint))
+    except Exception as err:  # accelerate/torch raise many types for bad files
+        raise CheckpointError(f"Checkpoint {checkpoint} could not be loaded ({type(err).__name__}: {err}). It is "
+                              f"corrupt or from another model; delete it to resume from an earlier one.") from err
+    best_path = checkpoint / BEST_WEIGHTS
+    best_state = load_file(str(best_path)) if best_path.is_file() else None
+    if accelerator.is_main_process:
+        logger.info("Resumed from %s (epoch %d, step %d)", checkpoint, state["epoch"], state["step"])
+    return state["epoch"], state["step"], state["history"], state["best"], best_state
+
+
+def _final_evaluation(accelerator, model, unwrapped, test_loader, val_loader, data, cfg, prep, memory_format,
+                      history, best) -> Optional[TrainResult]:
+    n_classes = len(data.class_names)
+    cm_test, test_loss, test_preds = evaluate_loader(accelerator, model, test_loader, prep, n_classes, "test",
+                                                     memory_format)
+    cm_val, _, _ = evaluate_loader(accelerator, model, val_loader, prep, n_classes, "validation", memory_format)
+    if not accelerator.is_main_process:
+        return None
+    test = report(cm_test, data.class_names)
+    metrics = {
+        "test": {**test, "loss": test_loss},
+        "validation": report(cm_val, data.class_names),
+        "best_epoch": best["epoch"],
+        "history": history,
+        "dataset": data.source,
+        "split": data.split_origin,
+        "split_sizes": {k: len(v) for k, v in data.splits.items()},
+        "skipped_files": data.skipped,
+    }
+    examples = pick_examples(data.splits["test"], test_preds, data.class_names)
+    accelerator.print(f"test accuracy {test['accuracy']:.4f} on {test['n']} images (best epoch {best['epoch']})")
+    return TrainResult(unwrapped, cfg, data, metrics, history, examples)
+
+
+def pick_examples(patches: Patches, preds: torch.Tensor, class_names: list[str]) -> dict[str, torch.Tensor]:
+    """One correctly classified test patch per class (the first in file order)."""
+    out = {}
+    if len(preds) != len(patches):
+        return out
+    for c, name in enumerate(class_names):
+        hits = torch.nonzero((patches.labels == c) & (preds == c)).flatten()
+        if len(hits):
+            out[name] = patches.images[int(hits[0])]
+    return out
+
+
+def describe_hardware(accelerator) -> str:
+    if accelerator.device.type == "cuda":
+        name = torch.cuda.get_device_name(accelerator.device)
+    else:
+        name = f"CPU ({os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads)"
+    return f"{accelerator.num_processes} x {name}, mixed precision {accelerator.mixed_precision}"
+
+
+def _log_start(accelerator, cfg, data, model) -> None:
+    if accelerator.is_main_process:
+        sizes = {k: len(v) for k, v in data.splits.items()}
+        accelerator.print(f"data {data.source}: {sizes} ({data.split_origin}); model {cfg.model} "
+                          f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params) on "
+                          f"{describe_hardware(accelerator)}")
+
+
+def _log_epoch(accelerator, e: dict, cfg: TrainConfig) -> None:
+    accelerator.print(f"epoch {e['epoch']}/{cfg.epochs} loss {e['train_loss']:.4f} acc {e['train_acc']:.4f} "
+                      f"val_loss {e['val_loss']:.4f} val_acc {e['val_acc']:.4f} lr {e['lr']:.2e} "
+                      f"{e['img_per_s']:.0f} img/s{' (backbone frozen)' if e['frozen_backbone'] else ''}")
