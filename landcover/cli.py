@@ -1,4 +1,4 @@
-"""Command lines: ``train.py`` and ``python -m landcover {evaluate,predict,push}``."""
+"""Command lines: ``train.py`` and ``python -m landcover {evaluate,predict,push,map,change}``."""
 
 from __future__ import annotations
 
@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--private", action="store_true", help="Create the repo as private.")
     pu.add_argument("--revision", default=None, help="Branch to push to (created if missing).")
     pu.set_defaults(func=_push)
+
+    from .scene import register_scene_commands  # map, change
+
+    register_scene_commands(sub)
     return parser
 
 

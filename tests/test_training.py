@@ -1,0 +1,127 @@
+"""The training loop: it learns, freezing really freezes, resume is exact, the default model trains."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from landcover.config import TrainConfig
+from landcover.hub import save_model_folder
+from landcover.labels import EUROSAT_CLASSES
+from landcover.training import CheckpointError, build_model, train
+
+TINY = dict(model="test_resnet", pretrained=False, image_size=32, batch_size=16, lr=3e-3, log_every=5,
+            examples=False)
+FILES = ["config.json", "model.safetensors", "train_config.json", "metrics.json", "splits.json", "README.md",
+         "confusion_matrix.png", "training_curves.png"]
+
+
+def _checkpoint_weights(output_dir: Path, epoch: int) -> dict[str, torch.Tensor]:
+    state = load_file(str(output_dir / "checkpoints" / f"epoch_{epoch:04d}" / "model.safetensors"))
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _head_prefix(model: torch.nn.Module) -> str:
+    head = model.get_classifier()
+    return next(name for name, module in model.named_modules() if module is head) + "."
+
+
+def test_tiny_model_learns_generated_data(tiny_model_dir):
+    """The fixture is a real 3-epoch run of the pipeline (test_resnet, 32 px) on 10 x 24 generated images."""
+    metrics = json.loads((tiny_model_dir / "metrics.json").read_text())
+    assert metrics["test"]["n"] == metrics["split_sizes"]["test"] == 50
+    assert metrics["test"]["accuracy"] >= 0.9, metrics["test"]
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+    assert metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
+    assert all((tiny_model_dir / name).is_file() for name in FILES)
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    assert config["label_names"] == list(EUROSAT_CLASSES)
+    assert config["pretrained_cfg"]["input_size"] == [3, 32, 32] and config["pretrained_cfg"]["crop_pct"] == 1.0
+
+
+def test_freeze_epochs_keep_the_backbone_bit_identical(eurosat_folder, tmp_path):
+    cfg = TrainConfig(dataset=str(eurosat_folder), epochs=2, freeze_epochs=1, keep_checkpoints=2,
+                      output_dir=str(tmp_path / "freeze"), **TINY)
+    result = train(cfg)
+    initial = build_model(cfg, result.data.class_names)  # seeds itself: the run's exact starting weights
+    head = _head_prefix(initial)
+    start = initial.state_dict()
+    after1, after2 = _checkpoint_weights(tmp_path / "freeze", 1), _checkpoint_weights(tmp_path / "freeze", 2)
+    assert set(after1) == set(start)
+    backbone = [k for k in start if not k.startswith(head)]
+    running_stats = [k for k in backbone if k.endswith(("running_mean", "running_var"))]
+    params = {name for name, _ in initial.named_parameters() if not name.startswith(head)}
+    assert running_stats and params
+    for key in backbone:  # weights, biases, BatchNorm running stats and counters: untouched in epoch 1
+        assert torch.equal(after1[key], start[key]), f"{key} changed while the backbone was frozen"
+    assert all(not torch.equal(after1[k], start[k]) for k in start if k.startswith(head))
+    changed = [k for k in params | set(running_stats) if not torch.equal(after2[k], start[k])]
+    assert sorted(changed) == sorted(params | set(running_stats)), "epoch 2 must train the whole backbone"
+    assert [h["frozen_backbone"] for h in result.history] == [True, False]
+
+
+def test_resume_reproduces_an_uninterrupted_run(parquet_folder, tmp_path):
+    """Stop after epoch 1 (max_steps = one epoch), --resume to the end: same weights, same metrics."""
+    base = TrainConfig(dataset=str(parquet_folder), epochs=2, output_dir=str(tmp_path / "a"), **TINY)
+    a = train(base)
+    steps_per_epoch = a.history[0]["step"]
+    first = dataclasses.replace(base, output_dir=str(tmp_path / "b"), max_steps=steps_per_epoch)
+    stopped = train(first)
+    assert [h["epoch"] for h in stopped.history] == [1]
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["epoch_0001"]
+    b = train(dataclasses.replace(first, max_steps=None, resume=True))
+    assert b.history[0]["train_seconds"] == stopped.history[0]["train_seconds"]  # epoch 1 came from the checkpoint
+
+    folder_a, folder_b = save_model_folder(a, command="a"), save_model_folder(b, command="b")
+    weights_a, weights_b = load_file(str(folder_a / "model.safetensors")), load_file(str(folder_b / "model.safetensors"))
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    metrics_a, metrics_b = (json.loads((f / "metrics.json").read_text()) for f in (folder_a, folder_b))
+    for split in ("test", "validation"):
+        assert metrics_a[split] == metrics_b[split]
+    timing = {"train_seconds", "img_per_s"}
+    strip = lambda history: [{k: v for k, v in h.items() if k not in timing} for h in history]  # noqa: E731
+    assert strip(metrics_a["history"]) == strip(metrics_b["history"])
+    assert metrics_a["best_epoch"] == metrics_b["best_epoch"]
+
+
+def test_resume_refuses_another_configuration(parquet_folder, tmp_path):
+    cfg = TrainConfig(dataset=str(parquet_folder), epochs=2, max_steps=1, output_dir=str(tmp_path / "r"), **TINY)
+    train(cfg)
+    with pytest.raises(CheckpointError, match=r"lr: checkpoint 0\.003 vs now 0\.01"):
+        train(dataclasses.replace(cfg, max_steps=None, resume=True, lr=1e-2))
+
+
+def test_default_architecture_builds_and_takes_one_step(eurosat_folder, tmp_path):
+    """The real ``wide_resnet50_2`` (random init, 64 px): one optimiser step, then the usual evaluation."""
+    cfg = TrainConfig(dataset=str(eurosat_folder), model="wide_resnet50_2", pretrained=False, image_size=64,
+                      epochs=1, batch_size=8, eval_batch_size=64, max_train_samples=20, max_steps=1,
+                      keep_checkpoints=1, examples=False, output_dir=str(tmp_path / "wrn"))
+    result = train(cfg)
+    assert [(h["epoch"], h["step"]) for h in result.history] == [(1, 1)]
+    assert torch.isfinite(torch.tensor(result.history[0]["train_loss"]))
+    assert result.metrics["test"]["n"] == 50
+    assert result.model.get_classifier().out_features == 10
+    initial = build_model(cfg, result.data.class_names).state_dict()
+    trained = result.model.state_dict()
+    assert not torch.equal(trained["conv1.weight"], initial["conv1.weight"])
+    assert not torch.equal(trained["fc.weight"], initial["fc.weight"])
+
+
+def test_short_run_on_real_eurosat(real_eurosat, tmp_path):
+    """resnet18 from scratch, 64 px, 1000 stratified training images, 3 epochs; full validation/test splits."""
+    cfg = TrainConfig(dataset=str(real_eurosat), model="resnet18", pretrained=False, image_size=64, epochs=3,
+                      batch_size=32, lr=2e-3, max_train_samples=1000, examples=False, log_every=10,
+                      output_dir=str(tmp_path / "real"))
+    result = train(cfg)
+    test = result.metrics["test"]
+    assert {k: len(v) for k, v in result.data.splits.items()} == {"train": 1000, "validation": 2160, "test": 4320}
+    assert test["n"] == 4320
+    assert test["accuracy"] >= REAL_MIN_ACCURACY, test["accuracy"]
+
+
+# Measured: see the report of issue 2 (several seeds); the threshold leaves a wide margin below it.
+REAL_MIN_ACCURACY = 0.5
