@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=2048, help="Scene side in px (default 2048).")
     parser.add_argument("--stride", type=int, default=PATCH_SIZE_PX)
     parser.add_argument("--batch-sizes", default="64,256,1024", help="Comma-separated batch sizes to try.")
+    parser.add_argument("--backend", default="torch", choices=("torch", "onnx"), help="Inference backend.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
     parser.add_argument("--repeat", type=int, default=2, help="Timed runs per batch size (best is reported).")
     parser.add_argument("--json", action="store_true", help="Print one JSON object.")
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    predictor = Predictor.load(args.model)
+    predictor = Predictor.load(args.model, backend=args.backend)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         path = build_scene(args.size, args.data, Path(tmp))
@@ -87,7 +88,8 @@ def main(argv=None) -> int:
                                 "model_patches_per_s": round(rows * cols / best_model, 1),
                                 "map_seconds": round(best_map, 3)})
     report = {"scene_px": args.size, "stride": args.stride, "patches": rows * cols,
-              "model": predictor.info.get("architecture"), "input_size": predictor.input_size,
+              "model": predictor.info.get("architecture"), "backend": args.backend,
+              "input_size": predictor.input_size,
               "source": "real EuroSAT mosaic" if args.data else "random texture",
               "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
               "load_average": [round(x, 2) for x in os.getloadavg()], "results": results}
@@ -95,8 +97,8 @@ def main(argv=None) -> int:
         print(json.dumps(report))
     else:
         print(f"{report['patches']} patches ({args.size}x{args.size} px, stride {args.stride}), model "
-              f"{report['model']} @ {report['input_size']} px, {report['torch_threads']} torch threads, "
-              f"load average {report['load_average']}")
+              f"{report['model']} @ {report['input_size']} px ({args.backend}), "
+              f"{report['torch_threads']} torch threads, load average {report['load_average']}")
         for r in results:
             print(f"  batch {r['batch_size']:5d}: map {r['map_patches_per_s']:8.1f} patches/s "
                   f"({r['map_seconds']:.2f} s)   model only {r['model_patches_per_s']:8.1f} patches/s")

@@ -43,7 +43,8 @@ def train_main(argv: Optional[list[str]] = None) -> int:
 def _evaluate(args) -> int:
     from .evaluate import evaluate_model
 
-    result = evaluate_model(args.model, args.data, split=args.split, batch_size=args.batch_size)
+    result = evaluate_model(args.model, args.data, split=args.split, batch_size=args.batch_size,
+                            backend=args.backend)
     if args.json:
         print(json.dumps(result))
     else:
@@ -57,7 +58,7 @@ def _evaluate(args) -> int:
 def _predict(args) -> int:
     from .predict import Predictor
 
-    predictor = Predictor.load(args.model)
+    predictor = Predictor.load(args.model, backend=args.backend)
     results = predictor.predict_files(args.images, top_k=args.top_k)
     if args.json:
         print(json.dumps([{"image": str(p), "label": next(iter(r)), "probabilities": r}
@@ -80,6 +81,12 @@ def _push(args) -> int:
     return 0
 
 
+def _add_backend(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+                        help="Inference engine: torch, or onnx (ONNX Runtime; exported once and cached, "
+                             "faster on the CPU).")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m landcover", description="EuroSAT land-cover tools.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "recorded with the model (splits.json) when there is one.")
     ev.add_argument("--batch-size", type=int, default=256, help="Images per forward pass.")
     ev.add_argument("--json", action="store_true", help="Print one JSON object.")
+    _add_backend(ev)
     ev.set_defaults(func=_evaluate)
 
     pr = sub.add_parser("predict", help="Classify image files.")
@@ -100,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", default=None, help=model_help)
     pr.add_argument("--top-k", type=int, default=3, help="How many classes to show per image.")
     pr.add_argument("--json", action="store_true", help="Print JSON.")
+    _add_backend(pr)
     pr.set_defaults(func=_predict)
 
     pu = sub.add_parser("push", help="Upload a model folder to the Hugging Face Hub.")

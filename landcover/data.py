@@ -228,12 +228,21 @@ def stratified_split(labels: np.ndarray, files: Sequence[str], fractions: dict[s
 
 
 def stratified_subset(labels: torch.Tensor, n: int, seed: int) -> list[int]:
-    """``n`` indices with the class proportions of ``labels`` (a fixed-seed, reproducible choice)."""
+    """Exactly ``n`` indices with the class proportions of ``labels`` (a fixed-seed, reproducible choice).
+
+    Per-class quotas by largest remainder, so rounding never makes the subset one image short or long.
+    """
     labels_np = labels.numpy()
-    fractions = {"keep": n / len(labels_np), "rest": 1 - n / len(labels_np)}
-    picked = stratified_split(labels_np, [f"{i:09d}" for i in range(len(labels_np))],
-                              {"rest": fractions["rest"], "keep": fractions["keep"]}, seed)["keep"]
-    return picked[:n]
+    classes, counts = np.unique(labels_np, return_counts=True)
+    exact = counts * n / len(labels_np)
+    quota = np.floor(exact).astype(np.int64)
+    quota[np.argsort(quota - exact, kind="stable")[: n - int(quota.sum())]] += 1
+    rng = np.random.default_rng(seed)
+    picked: list[int] = []
+    for cls, q in zip(classes, quota):
+        idx = np.flatnonzero(labels_np == cls)
+        picked += idx[rng.permutation(len(idx))[:q]].tolist()
+    return sorted(picked)
 
 
 def _concat(parts: list[Patches]) -> Patches:

@@ -21,9 +21,10 @@ def _recorded_splits(folder: Path, data: str) -> Optional[dict]:
     return json.loads(path.read_text()).get("files")
 
 
-def evaluate_model(model: Optional[str], data: str, split: str = "test", batch_size: int = 256) -> dict:
+def evaluate_model(model: Optional[str], data: str, split: str = "test", batch_size: int = 256,
+                   backend: str = "torch") -> dict:
     """Accuracy, per-class metrics and confusion matrix of ``model`` on ``split`` of ``data``."""
-    predictor = Predictor.load(model)
+    predictor = Predictor.load(model, backend=backend)
     labels = predictor.labels
     if split == "all":
         patches = load_folder_patches(data, labels)

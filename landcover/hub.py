@@ -196,6 +196,10 @@ def save_model_folder(result: "TrainResult", command: Optional[str] = None) -> P
         seed=cfg.seed,
         command=command or _command_line(),
     )
+    metrics["stages"] = _previous_stages(cfg.init_checkpoint) + [
+        {"command": metrics["command"], "training_time_s": metrics["training_time_s"], "epochs": cfg.epochs,
+         "image_size": cfg.image_size, "hardware": result.hardware}]
+    metrics["total_training_time_s"] = round(sum(st["training_time_s"] for st in metrics["stages"]), 1)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (folder / "splits.json").write_text(json.dumps(
         {"source": result.data.source, "origin": result.data.split_origin, "seed": cfg.seed,
@@ -206,6 +210,21 @@ def save_model_folder(result: "TrainResult", command: Optional[str] = None) -> P
         write_examples(result.examples, folder / "examples")
     write_model_card(folder, cfg, metrics, label_names)
     return folder
+
+
+def _previous_stages(init_checkpoint: Optional[str]) -> list[dict]:
+    """Training stages of the model folder this run was initialised from (their metrics.json)."""
+    if not init_checkpoint:
+        return []
+    path = Path(init_checkpoint)
+    metrics = _read_json((path if path.is_dir() else path.parent) / "metrics.json")
+    if "stages" in metrics:
+        return list(metrics["stages"])
+    if "command" in metrics:  # a folder written before stages were recorded
+        return [{"command": metrics["command"], "training_time_s": metrics.get("training_time_s", 0.0),
+                 "epochs": len(metrics.get("history", [])), "image_size": None,
+                 "hardware": metrics.get("hardware", "")}]
+    return []
 
 
 def write_examples(examples: dict[str, torch.Tensor], folder: Path) -> None:
@@ -258,6 +277,10 @@ def build_model_card(folder: Path, cfg, metrics: dict, label_names: list[str]):
     rows = "\n".join(f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |"
                      for name, m in test["per_class"].items())
     size_mb = metrics["weights_bytes"] / 1e6
+    stages = metrics.get("stages") or [{"command": metrics["command"], "training_time_s": metrics["training_time_s"]}]
+    stages_md = "\n\n".join(
+        f"Stage {i + 1} ({st['training_time_s'] / 60:.1f} min):\n\n```bash\n{st['command']}\n```"
+        for i, st in enumerate(stages))
     content = f"""---
 {data.to_yaml()}
 ---
@@ -277,7 +300,7 @@ land-cover classes {', '.join(label_names)}.
 | parameters | {metrics['parameters']:,} |
 | weights | {size_mb:.2f} MB ({'float16' if cfg.save_fp16 else 'float32'} safetensors) |
 | input | {cfg.image_size} x {cfg.image_size} RGB, whole patch (crop_pct 1.0), mean/std in config.json |
-| training time | {metrics['training_time_s'] / 60:.1f} min on {metrics['hardware']} |
+| training time | {metrics['total_training_time_s'] / 60:.1f} min in {len(metrics['stages'])} stage(s) on {metrics['hardware']} |
 | seed | {cfg.seed} |
 
 The test split was never used for training or model selection (the best epoch was chosen on validation).
@@ -304,9 +327,7 @@ or with this project: `from landcover.predict import Predictor; Predictor.load("
 
 ## Training command
 
-```bash
-{metrics['command']}
-```
+{stages_md}
 
 Full configuration: `train_config.json`; per-epoch history and confusion matrices: `metrics.json`;
 exact file lists of each split: `splits.json`.

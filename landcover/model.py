@@ -99,8 +99,11 @@ def train_mode(model: torch.nn.Module) -> None:
 
 def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
+    if path.is_dir():  # a model folder written by train.py (continued training, e.g. at a larger size)
+        path = path / "model.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"Initial checkpoint {path} not found. Expected a .safetensors or .pth state dict.")
+        raise FileNotFoundError(f"Initial checkpoint {path} not found. Expected a .safetensors or .pth state dict, "
+                                f"or a model folder containing model.safetensors.")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         return load_file(str(path))

@@ -21,9 +21,10 @@ Conventions (documented once, used everywhere):
   degrees converted at the scene centre's latitude). Without a georeference 10 m/px is assumed, and the
   result says so (``pixel_size_source``).
 
-Memory is bounded by the batch size, not the scene size: tiles are read strip by strip (GeoTIFFs as
-rasterio windows) and classified ``batch_size`` at a time; only the small per-cell probability grid
-grows with the scene.
+Memory is bounded by the batch size, not the scene size: GeoTIFF tiles are read as rasterio windows
+(``patch`` rows by at most ``batch_size`` tiles) and classified ``batch_size`` at a time; only the
+per-cell probability grid (``C x 4`` bytes per cell) grows with the scene. PNG/JPEG files cannot be
+read by window, so they are decoded whole first: convert large scenes to GeoTIFF.
 """
 
 from __future__ import annotations
@@ -234,7 +235,7 @@ def _pixel_area_from_crs(ds) -> tuple[float, str]:
     t = ds.transform
     det = abs(t.a * t.e - t.b * t.d)
     if ds.crs.is_geographic:
-        lat = (t * (ds.width / 2, ds.height / 2))[1]
+        lat = t.f + t.d * ds.width / 2 + t.e * ds.height / 2  # latitude of the scene centre
         area = det * (111_320.0 * math.cos(math.radians(lat))) * 110_574.0
         return area, f"GeoTIFF transform ({ds.crs.to_string()}, degrees at latitude {lat:.3f})"
     _, factor = ds.crs.linear_units_factor
@@ -656,7 +657,7 @@ def detect_change(predictor: "Predictor", before: Scene, after: Scene, stride: i
 
 
 CHANGED_COLOUR = (255, 0, 64)
-UNCERTAIN_COLOUR = (255, 200, 0)
+UNCERTAIN_COLOUR = (235, 235, 235)  # washed out: not enough confidence to say
 
 
 def render_change(result: ChangeResult, after_scene: Scene, panel_px: int = 768) -> Image.Image:
@@ -668,7 +669,7 @@ def render_change(result: ChangeResult, after_scene: Scene, panel_px: int = 768)
     grey = after_scene.thumbnail(*size).astype(np.float32).mean(axis=2, keepdims=True).repeat(3, axis=2)
     grey = 60 + 0.6 * grey  # dimmed so highlights stand out
     colours = np.array([(0, 0, 0), CHANGED_COLOUR, UNCERTAIN_COLOUR], dtype=np.float32)[index]
-    weight = np.array([0.0, 0.75, 0.35], dtype=np.float32)[index][..., None]
+    weight = np.array([0.0, 0.75, 0.6], dtype=np.float32)[index][..., None]
     change = Image.fromarray(np.rint(grey * (1 - weight) + colours * weight).astype(np.uint8))
     gap = 12
     panels = [render_map(result.before, size), render_map(result.after, size), change]
@@ -720,6 +721,8 @@ def _add_common(p, model_help: str) -> None:
                    help="16-bit data: subtracted before scaling (1000 for Sentinel-2 L2A baseline >= 04.00).")
     p.add_argument("--pixel-size", type=float, default=None,
                    help="Ground pixel size in metres (default: from the GeoTIFF, else 10 m assumed).")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnx"),  # predict.BACKENDS (torch-free here)
+                   help="Inference backend (onnx: exported once and cached; often faster on CPU).")
     p.add_argument("--json", action="store_true", help="Print one JSON object on stdout.")
     p.add_argument("--no-progress", action="store_true", help="No progress bar.")
 
@@ -763,7 +766,7 @@ def _map_command(args) -> int:
         if args.geotiff and not scene.georeferenced:
             raise ValueError(f"--geotiff needs a georeferenced GeoTIFF scene; {args.scene!r} has no CRS/transform. "
                              f"Drop --geotiff, or use --out for a PNG map.")
-        predictor = Predictor.load(args.model)
+        predictor = Predictor.load(args.model, backend=args.backend)
         result = map_scene(predictor, scene, args.stride, args.batch_size, False if args.no_progress else None)
         render_map_with_legend(result).save(args.out)
         written = {"map": args.out}
@@ -793,7 +796,7 @@ def _change_command(args) -> int:
         check_same_grid(before, after)  # before loading the model: fail fast
         from .predict import Predictor
 
-        predictor = Predictor.load(args.model)
+        predictor = Predictor.load(args.model, backend=args.backend)
         result = detect_change(predictor, before, after, args.stride, args.batch_size, args.min_confidence,
                                False if args.no_progress else None)
         render_change(result, after).save(args.out)

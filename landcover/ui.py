@@ -209,16 +209,22 @@ def _classify_tab(predictor: "Predictor", examples_dir, max_pixels: int) -> None
         f"land-cover type first. PNG, JPEG, TIFF, GIF, WebP and BMP up to {MAX_UPLOAD_BYTES // 2**20} MiB.")
     with gr.Row():
         with gr.Column():
-            image = gr.Image(type="filepath", label="Patch", sources=["upload", "clipboard"], height=320,
-                             elem_id="patch-input")
+            # format="png": examples and pasted images are stored losslessly (the default is WebP).
+            image = gr.Image(type="filepath", format="png", label="Patch", sources=["upload", "clipboard"],
+                             height=320, elem_id="patch-input")
             run = gr.Button("Classify", variant="primary", elem_id="classify-button")
         label = gr.Label(num_top_classes=TOP_K, label="Land cover", elem_id="label-output")
     gr.on([image.change, run.click], _gradio_classify(predictor, max_pixels), inputs=image, outputs=label,
           api_name="predict", preprocess=False, concurrency_id="inference")
     examples, origin = find_examples(predictor, examples_dir)
-    if examples:
-        # Passed as decoded images so files outside the working dir / temp dir (e.g. the HF cache) work.
-        gr.Examples([[_open(p)] for p in examples], inputs=image, example_labels=[p.stem for p in examples],
+    decoded = []
+    for path in examples:
+        try:  # passed decoded, so files outside the working/temp dir (e.g. the HF cache) work too
+            decoded.append((_open(path), path.stem))
+        except UploadError as err:
+            logger.warning("Skipping example %s: %s", path, err)
+    if decoded:
+        gr.Examples([[im] for im, _ in decoded], inputs=image, example_labels=[name for _, name in decoded],
                     label=f"Examples from {origin}")
     else:
         gr.Markdown("*No example patches are available: this model folder has no `examples/`, and no "
@@ -313,6 +319,7 @@ async def _read_capped(request, limit: int) -> Optional[bytes]:
 def _classify_route(predictor: "Predictor", max_file_size: int, max_pixels: int, concurrency: int):
     import anyio
     from starlette.datastructures import UploadFile
+    from starlette.responses import JSONResponse
 
     limiter = anyio.CapacityLimiter(concurrency)
     waiting = {"n": 0}
@@ -320,6 +327,7 @@ def _classify_route(predictor: "Predictor", max_file_size: int, max_pixels: int,
 
     async def classify(request: Request):
         """``POST /classify`` with multipart field ``file`` -> ``{"Type", "label", "confidence", "probabilities"}``."""
+        start = time.perf_counter()
         too_big = (f"Upload over the {max_file_size // 2**20} MiB limit; send a smaller image "
                    f"(the model only needs ~64x64 px).")
         declared = request.headers.get("content-length")
@@ -358,7 +366,9 @@ def _classify_route(predictor: "Predictor", max_file_size: int, max_pixels: int,
             with lock:
                 waiting["n"] -= 1
         label, confidence = next(iter(probs.items()))
-        return {"Type": label, "label": label, "confidence": confidence, "probabilities": probs}
+        # Server-Timing: time spent in this handler (read, decode, inference), for latency benchmarks.
+        return JSONResponse({"Type": label, "label": label, "confidence": confidence, "probabilities": probs},
+                            headers={"Server-Timing": f"classify;dur={(time.perf_counter() - start) * 1e3:.2f}"})
 
     return classify
 

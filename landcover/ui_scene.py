@@ -60,8 +60,8 @@ def map_scene_files(predictor, upload, stride: int = 64, out_dir: Optional[str] 
     except (ValueError, FileNotFoundError, OSError) as err:
         raise gr.Error(str(err)) from err
     rows, cols = result.grid.shape
-    summary = (f"**{Path(path).name}**: {result.width}×{result.height} px, {rows}×{cols} cells of {result.stride} px. "
-               f"Pixel size: {result.pixel_size_source}."
+    summary = (f"**{Path(path).name}**: {result.width}×{result.height} px, {rows}×{cols} cells of "
+               f"{result.stride} px. Pixel size: {result.pixel_size_source}."
                + ("" if scene.georeferenced else " No georeference, so no GeoTIFF download."))
     return legend_map, overlay, _area_rows(result), summary, [str(f) for f in files]
 

@@ -35,14 +35,18 @@ def parquet_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(eurosat_folder, tmp_path_factory) -> Path:
-    """A real model folder trained by the real pipeline (test_resnet, 32 px, a few epochs)."""
+    """A real model folder trained by the real pipeline (test_resnet, 32 px, 4 epochs).
+
+    4 epochs of batch 8 at lr 5e-3 reached 100% test accuracy for every seed tried (3 epochs of batch 16 at
+    3e-3 gave 70-98% depending on the seed), so tests can rely on it classifying the generated data.
+    """
     from landcover.config import TrainConfig
     from landcover.hub import save_model_folder
     from landcover.training import train
 
     out = tmp_path_factory.mktemp("tiny-model")
-    cfg = TrainConfig(dataset=str(eurosat_folder), model="test_resnet", pretrained=False, image_size=32, epochs=3,
-                      batch_size=16, lr=3e-3, output_dir=str(out), log_every=5)
+    cfg = TrainConfig(dataset=str(eurosat_folder), model="test_resnet", pretrained=False, image_size=32, epochs=4,
+                      batch_size=8, lr=5e-3, output_dir=str(out), log_every=5)
     result = train(cfg)
     return save_model_folder(result, command="pytest fixture tiny_model_dir")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from datagen import write_imagefolder, write_parquet
-from landcover.data import ClassMismatchError, load_eurosat
+from landcover.data import ClassMismatchError, load_eurosat, stratified_subset
 from landcover.labels import EUROSAT_CLASSES
 from landcover.transforms import augment, dihedral, make_generator, normalize, preprocess
 
@@ -94,6 +94,19 @@ def test_max_train_samples_is_a_stratified_reproducible_subset(eurosat_folder):
     assert set(small.splits["train"].files) < set(full.splits["train"].files)
     assert small.split_files()["test"] == full.split_files()["test"]  # only train is subsampled
     assert load_eurosat(str(eurosat_folder), seed=42, max_train_samples=50).split_files() == small.split_files()
+
+
+def test_stratified_subset_has_exactly_n_in_proportion():
+    # EuroSAT's real train-split class sizes: plain per-class rounding gives 1001 for 1000 and 2999 for 3000.
+    sizes = [1680, 1680, 1680, 1400, 1400, 1120, 1400, 1680, 1400, 1680]
+    labels = torch.repeat_interleave(torch.arange(10), torch.tensor(sizes))
+    for n in (50, 1000, 3000):
+        picked = stratified_subset(labels, n, seed=0)
+        assert len(picked) == len(set(picked)) == n
+        per_class = torch.bincount(labels[picked], minlength=10)
+        assert ((per_class - torch.tensor(sizes) * n / sum(sizes)).abs() < 1).all()
+    assert stratified_subset(labels, 1000, seed=0) == stratified_subset(labels, 1000, seed=0)
+    assert stratified_subset(labels, 1000, seed=0) != stratified_subset(labels, 1000, seed=1)
 
 
 def test_undecodable_file_is_skipped_and_reported(tmp_path):

@@ -281,7 +281,7 @@ def test_app_tabs_over_http(predictor, tmp_path):
 
     from landcover.ui_scene import add_scene_tabs
 
-    classes = make_classes(2, 3, seed=13)
+    classes = make_classes(2, 5, seed=13)
     before, after, _ = swapped_pair(classes, seed=14)
     Image.fromarray(before).save(tmp_path / "before.png")
     Image.fromarray(after).save(tmp_path / "after.png")

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from datagen import write_imagefolder
 from landcover.config import TrainConfig
 from landcover.hub import save_model_folder
 from landcover.labels import EUROSAT_CLASSES
@@ -30,11 +31,11 @@ def _head_prefix(model: torch.nn.Module) -> str:
 
 
 def test_tiny_model_learns_generated_data(tiny_model_dir):
-    """The fixture is a real 3-epoch run of the pipeline (test_resnet, 32 px) on 10 x 24 generated images."""
+    """The fixture is a real 4-epoch run of the pipeline (test_resnet, 32 px) on 10 x 24 generated images."""
     metrics = json.loads((tiny_model_dir / "metrics.json").read_text())
     assert metrics["test"]["n"] == metrics["split_sizes"]["test"] == 50
     assert metrics["test"]["accuracy"] >= 0.9, metrics["test"]
-    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3, 4]
     assert metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
     assert all((tiny_model_dir / name).is_file() for name in FILES)
     config = json.loads((tiny_model_dir / "config.json").read_text())
@@ -95,15 +96,16 @@ def test_resume_refuses_another_configuration(parquet_folder, tmp_path):
         train(dataclasses.replace(cfg, max_steps=None, resume=True, lr=1e-2))
 
 
-def test_default_architecture_builds_and_takes_one_step(eurosat_folder, tmp_path):
+def test_default_architecture_builds_and_takes_one_step(tmp_path):
     """The real ``wide_resnet50_2`` (random init, 64 px): one optimiser step, then the usual evaluation."""
-    cfg = TrainConfig(dataset=str(eurosat_folder), model="wide_resnet50_2", pretrained=False, image_size=64,
+    folder = write_imagefolder(tmp_path / "data", per_class=7)  # 5/1/1 per class: small evaluations
+    cfg = TrainConfig(dataset=str(folder), model="wide_resnet50_2", pretrained=False, image_size=64,
                       epochs=1, batch_size=8, eval_batch_size=64, max_train_samples=20, max_steps=1,
                       keep_checkpoints=1, examples=False, output_dir=str(tmp_path / "wrn"))
     result = train(cfg)
     assert [(h["epoch"], h["step"]) for h in result.history] == [(1, 1)]
     assert torch.isfinite(torch.tensor(result.history[0]["train_loss"]))
-    assert result.metrics["test"]["n"] == 50
+    assert result.metrics["test"]["n"] == 10
     assert result.model.get_classifier().out_features == 10
     initial = build_model(cfg, result.data.class_names).state_dict()
     trained = result.model.state_dict()

@@ -1,0 +1,154 @@
+"""Bad and odd uploads over real HTTP against a launched app: each gets a clear 4xx JSON ``error`` (REST)
+or ``gr.Error`` (Gradio API), valid odd formats are classified, and the next valid request still works."""
+
+from __future__ import annotations
+
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+import badimages
+from app_server import running_app
+
+LIMIT = 2 * 2**20  # a small upload limit for this app instance, so the over-size case stays cheap
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model_dir):
+    from landcover.predict import Predictor
+    return Predictor.load(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def app_url(predictor):
+    from landcover.ui import build_app
+    with running_app(build_app(predictor, max_file_size=LIMIT)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def valid_png() -> bytes:
+    import io
+    buf = io.BytesIO()
+    badimages.patch(3).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _post(url: str, data: bytes, name: str = "patch.jpg") -> httpx.Response:
+    return httpx.post(url + "/classify", files={"file": (name, data, "application/octet-stream")}, timeout=60)
+
+
+def _assert_still_serving(url: str, valid_png: bytes) -> None:
+    r = _post(url, valid_png, "ok.png")
+    assert r.status_code == 200, r.text
+    assert sum(r.json()["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+REJECTED = {  # case -> (expected status, words the message must contain)
+    "text_as_jpg": (415, "not a readable image"),
+    "truncated_jpeg": (400, "truncated or corrupt"),
+    "empty": (400, "empty (0 bytes)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REJECTED))
+def test_rest_rejects_broken_files_clearly(app_url, valid_png, case):
+    status, words = REJECTED[case]
+    r = _post(app_url, getattr(badimages, case)())
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"]
+    _assert_still_serving(app_url, valid_png)
+
+
+def test_rest_refuses_decompression_bomb_before_decoding(app_url, valid_png):
+    bomb = badimages.decompression_bomb(30000)  # 900 megapixels, ~110 KB
+    assert len(bomb) < 200_000
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; server runs in this process
+    start = time.perf_counter()
+    r = _post(app_url, bomb, "bomb.png")
+    elapsed = time.perf_counter() - start
+    assert r.status_code == 413, r.text
+    assert "refused before decoding" in r.json()["error"] and "900000000" in r.json()["error"]
+    # Decoding would need >= 900 MB (1 byte per pixel); refusing from the header needs nothing.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 200 * 1024
+    assert elapsed < 20
+    _assert_still_serving(app_url, valid_png)
+
+
+def test_rest_over_size_upload_is_413(app_url, valid_png):
+    r = _post(app_url, badimages.oversize(LIMIT + 256 * 1024), "huge.png")
+    assert r.status_code == 413
+    assert "limit" in r.json()["error"]
+    _assert_still_serving(app_url, valid_png)
+
+
+VALID = ["one_pixel", "rgba", "grayscale", "palette", "png16", "tiff16", "multipage_tiff", "animated_gif"]
+
+
+@pytest.mark.parametrize("case", VALID)
+def test_rest_classifies_valid_odd_formats(app_url, predictor, valid_png, case):
+    r = _post(app_url, getattr(badimages, case)(), f"{case}.img")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["label"] in predictor.labels
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    _assert_still_serving(app_url, valid_png)
+
+
+def test_rest_applies_exif_rotation(app_url, predictor):
+    data, upright = badimages.exif_rotated_jpeg()
+    r = _post(app_url, data, "rotated.jpg")
+    assert r.status_code == 200, r.text
+    expected = predictor.predict([upright.convert("RGB")])[0]
+    got = r.json()["probabilities"]
+    for label, p in expected.items():
+        assert got[label] == pytest.approx(p, abs=2e-3)
+
+
+def test_rest_downscales_large_valid_photo(app_url, valid_png):
+    photo = badimages.large_photo(6000, 4000)  # 24 MP, well under the pixel limit
+    assert len(photo) < LIMIT
+    r = _post(app_url, photo, "photo.jpg")
+    assert r.status_code == 200, r.text
+    assert sum(r.json()["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    _assert_still_serving(app_url, valid_png)
+
+
+def test_gradio_api_bad_inputs_raise_clear_errors_and_keep_serving(app_url, valid_png, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(app_url + "/", verbose=False, download_files=False)
+    cases = {"notes.jpg": (badimages.text_as_jpg(), "not a readable image"),
+             "cut.jpg": (badimages.truncated_jpeg(), "truncated or corrupt"),
+             "bomb.png": (badimages.decompression_bomb(30000), "refused before decoding")}
+    for name, (data, words) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(AppError, match=words):
+            client.predict(handle_file(str(path)), api_name="/predict")
+    ok = tmp_path / "ok.png"
+    ok.write_bytes(valid_png)
+    assert client.predict(handle_file(str(ok)), api_name="/predict")["label"]
+
+
+def test_gradio_upload_limit_and_temp_dir_only(app_url, tmp_path):
+    """Gradio's own upload route: 413 over the limit; a hostile file name cannot escape its temp dir."""
+    big = httpx.post(app_url + "/gradio_api/upload", files={"files": ("big.png", badimages.oversize(LIMIT + 1024))})
+    assert big.status_code == 413
+    escape = Path(tempfile.gettempdir()) / "landcover-escape-test.png"
+    escape.unlink(missing_ok=True)
+    hostile = "../" * 12 + str(escape).lstrip("/")
+    r = httpx.post(app_url + "/gradio_api/upload", files={"files": (hostile, badimages.one_pixel())})
+    assert r.status_code == 200, r.text
+    (stored,) = r.json()
+    from gradio.utils import get_upload_folder
+    assert Path(stored).resolve().is_relative_to(Path(get_upload_folder()).resolve()), stored
+    assert not escape.exists()
+    with Image.open(stored) as im:
+        assert im.size == (1, 1)

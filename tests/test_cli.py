@@ -1,0 +1,115 @@
+"""Command lines as a user runs them: real subprocesses of ``train.py`` and ``python -m landcover``."""
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from datagen import class_patch, write_imagefolder
+from landcover.config import TrainConfig
+from landcover.predict import Predictor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a command of this project with the test environment (offline Hub, one thread)."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_evaluate_json_uses_the_recorded_test_split(tiny_model_dir, eurosat_folder):
+    proc = run("-m", "landcover", "evaluate", "--model", str(tiny_model_dir), "--data", str(eurosat_folder),
+               "--split", "test", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert {"model", "accuracy", "n", "per_class"} <= set(result)
+    assert result["model"] == str(tiny_model_dir)
+    recorded = json.loads((tiny_model_dir / "splits.json").read_text())["files"]
+    assert result["n"] == len(recorded["test"]) == 50
+    assert sum(m["support"] for m in result["per_class"].values()) == 50
+    # Same images, same preprocessing as the evaluation at the end of training: the same accuracy.
+    trained = json.loads((tiny_model_dir / "metrics.json").read_text())["test"]
+    assert result["accuracy"] == trained["accuracy"]
+    assert result["confusion_matrix"] == trained["confusion_matrix"]
+
+
+def test_evaluate_split_all_counts_every_image(tiny_model_dir, eurosat_folder):
+    proc = run("-m", "landcover", "evaluate", "--model", str(tiny_model_dir), "--data", str(eurosat_folder),
+               "--split", "all", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["n"] == len(list(eurosat_folder.rglob("*.jpg"))) == 240
+    assert 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_predict_json_top_k(tiny_model_dir, tmp_path):
+    paths = []
+    for c in (2, 7):
+        path = tmp_path / f"patch_{c}.png"
+        Image.fromarray(class_patch(c, np.random.default_rng(100 + c))).save(path)
+        paths.append(str(path))
+    proc = run("-m", "landcover", "predict", "--model", str(tiny_model_dir), *paths, "--top-k", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [r["image"] for r in rows] == paths
+    expected = Predictor.load(str(tiny_model_dir)).predict_files(paths, top_k=3)
+    for row, probs in zip(rows, expected):
+        values = list(row["probabilities"].values())
+        assert len(values) == 3 and values == sorted(values, reverse=True) and 0 < sum(values) <= 1 + 1e-6
+        assert row["label"] == next(iter(row["probabilities"]))
+        assert row["probabilities"] == probs  # the CLI reports exactly what the Predictor computes
+
+
+def test_train_help_lists_every_flag_with_its_help():
+    proc = run("train.py", "--help", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    flat = re.sub(r"\s+", "", proc.stdout)  # argparse wraps (and hyphen-breaks) long help lines
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        assert re.search(rf"{re.escape(flag)}\b", proc.stdout), f"{flag} missing from train.py --help"
+        if f.type in (bool, "bool"):
+            assert f"--no-{flag[2:]}" in proc.stdout
+        assert f.metadata.get("help"), f"{f.name} has no help text"
+        assert re.sub(r"\s+", "", f.metadata["help"]) in flat, f"help of {flag} not shown"
+
+
+def test_train_config_json_records_every_flag(tiny_model_dir):
+    saved = json.loads((tiny_model_dir / "train_config.json").read_text())
+    assert set(saved) == {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def _assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    for fragment in fragments:
+        assert fragment in proc.stderr, proc.stderr
+
+
+def test_missing_dataset_folder_is_a_clear_error(tmp_path, tiny_model_dir):
+    missing = str(tmp_path / "no-such-folder")
+    _assert_clean_error(run("train.py", "--dataset", missing, "--model", "test_resnet", "--no-pretrained",
+                            "--output-dir", str(tmp_path / "out")),
+                        "error:", f"Dataset folder {missing!r} not found")
+    _assert_clean_error(run("-m", "landcover", "evaluate", "--model", str(tiny_model_dir), "--data", missing),
+                        "error:", "not found")
+
+
+def test_class_mismatch_is_a_clear_error(tmp_path):
+    folder = write_imagefolder(tmp_path / "nine", per_class=2, classes=["AnnualCrop", "Forest", "Glacier"])
+    _assert_clean_error(run("train.py", "--dataset", str(folder), "--model", "test_resnet", "--no-pretrained",
+                            "--output-dir", str(tmp_path / "out")),
+                        "unexpected ['Glacier']", "'SeaLake'", "--allow-custom-classes")
+
+
+def test_missing_model_and_image_are_clear_errors(tmp_path, tiny_model_dir):
+    _assert_clean_error(run("-m", "landcover", "predict", "--model", str(tmp_path / "nope"), "x.png"),
+                        "error:", "neither a local folder nor a Hub id")
+    _assert_clean_error(run("-m", "landcover", "predict", "--model", str(tiny_model_dir), str(tmp_path / "x.png")),
+                        "error:", "x.png")

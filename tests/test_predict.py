@@ -1,0 +1,153 @@
+"""Predictor: probabilities, resizing, memory formats and the micro-batcher, with real threads."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from landcover.predict import MicroBatcher, Predictor
+
+
+def _images(n: int, size: int = 32, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def _as_tensor(images) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1) for im in images])
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model_dir) -> Predictor:
+    return Predictor.load(str(tiny_model_dir))
+
+
+def test_predict_returns_sorted_probabilities_matching_predict_tensor(predictor):
+    images = _images(5)
+    results = predictor.predict(images)
+    probs = predictor.predict_tensor(_as_tensor(images))
+    assert len(results) == 5
+    for row, result in zip(probs, results):
+        assert list(result) == [predictor.labels[i] for i in row.argsort(descending=True).tolist()]
+        assert sum(result.values()) == pytest.approx(1.0, abs=1e-5)
+        assert [result[name] for name in predictor.labels] == pytest.approx(row.tolist(), abs=1e-6)
+    top2 = predictor.predict(images[:1], top_k=2)[0]
+    assert list(top2) == list(results[0])[:2]
+    assert predictor.predict([]) == []
+
+
+def test_predict_resizes_patches_of_other_sizes(predictor):
+    big, native = _images(1, size=96)[0], _images(1, size=predictor.input_size, seed=1)[0]
+    results = predictor.predict([big, native])
+    assert len(results) == 2 and all(len(r) == len(predictor.labels) for r in results)
+    assert results[1] == pytest.approx(predictor.predict([native])[0], abs=1e-6)
+
+
+def test_predict_tensor_batches_and_rejects_bad_shapes(predictor):
+    batch = _as_tensor(_images(7))
+    whole = predictor.predict_tensor(batch)
+    assert torch.allclose(predictor.predict_tensor(batch, batch_size=2), whole, atol=1e-6)
+    assert predictor.predict_tensor(batch[:0]).shape == (0, len(predictor.labels))
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        predictor.predict_tensor(batch[0])
+
+
+def test_channels_last_gives_the_same_probabilities(tiny_model_dir, predictor):
+    cl = Predictor.load(str(tiny_model_dir), channels_last=True)
+    assert cl.memory_format == torch.channels_last and not predictor.channels_last
+    batch = _as_tensor(_images(4))
+    assert torch.allclose(cl.predict_tensor(batch), predictor.predict_tensor(batch), atol=1e-5)
+
+
+def test_unknown_backend_is_a_value_error(tiny_model_dir):
+    with pytest.raises(ValueError, match="Unknown backend 'tensorrt'"):
+        Predictor.load(str(tiny_model_dir), backend="tensorrt")
+    with pytest.raises(ValueError, match="onnx backend runs on the CPU"):
+        Predictor.load(str(tiny_model_dir), backend="onnx", device="cuda")
+
+
+def _run_in_threads(fn, n: int) -> list:
+    """Call ``fn(i)`` from ``n`` threads released together by a barrier; return results in order."""
+    barrier = threading.Barrier(n)
+    results, errors = [None] * n, []
+
+    def worker(i):
+        barrier.wait()
+        try:
+            results[i] = fn(i)
+        except BaseException as err:  # surfaced by the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return results
+
+
+def test_batcher_merges_concurrent_predict_calls_into_one_forward_pass(tiny_model_dir, predictor):
+    n = 6
+    images = _images(n, seed=3)
+    expected = [predictor.predict([im])[0] for im in images]
+    # The leader waits (up to a minute) until all n images are queued: one pass, deterministically.
+    batched = Predictor.load(str(tiny_model_dir), batching=True, max_batch=n, max_wait_ms=60_000)
+    results = _run_in_threads(lambda i: batched.predict([images[i]])[0], n)
+    assert batched.batcher.passes == 1 and batched.batcher.requests == n
+    for got, want in zip(results, expected):
+        assert list(got) == list(want)
+        assert list(got.values()) == pytest.approx(list(want.values()), abs=1e-5)
+
+
+def test_batcher_without_waiting_serves_every_request_correctly(tiny_model_dir, predictor):
+    images = _images(8, seed=4)
+    expected = predictor.predict_tensor(_as_tensor(images))
+    batched = Predictor.load(str(tiny_model_dir), batching=True, max_batch=3, max_wait_ms=0)
+
+    def calls(i):  # each thread asks three times, with one or two images
+        out = []
+        for j in range(3):
+            picks = [(i + j) % 8, (i * 3 + j) % 8][: 1 + (i + j) % 2]
+            out.append((picks, batched.predict([images[p] for p in picks])))
+        return out
+
+    for per_thread in _run_in_threads(calls, 4):
+        for picks, results in per_thread:
+            for p, result in zip(picks, results):
+                assert [result[name] for name in batched.labels] == pytest.approx(expected[p].tolist(), abs=1e-5)
+    assert batched.batcher.requests == 12 and 1 <= batched.batcher.passes <= 12
+
+
+def test_micro_batcher_respects_max_batch_and_splits_rows_back():
+    sizes = []
+
+    def run(x):
+        sizes.append(x.shape[0])
+        return x * 10
+
+    batcher = MicroBatcher(run, max_batch=4, max_wait_s=60.0)
+    # 4 requests of 1, 2, 1 and 3 rows: the first leader waits for >= 4 queued rows, never runs more than 4.
+    rows = [1, 2, 1, 3]
+    out = _run_in_threads(lambda i: batcher.submit(torch.full((rows[i], 1), float(i))), 4)
+    for i, res in enumerate(out):
+        assert res.shape == (rows[i], 1) and torch.all(res == 10 * i)
+    assert sum(sizes) == 7 and all(s <= 4 for s in sizes if s) and batcher.requests == 4
+
+
+def test_micro_batcher_hands_the_error_to_every_merged_caller():
+    def run(x):
+        raise RuntimeError(f"boom on {x.shape[0]} rows")
+
+    batcher = MicroBatcher(run, max_batch=3, max_wait_s=60.0)
+
+    def call(i):
+        with pytest.raises(RuntimeError, match="boom on 3 rows"):
+            batcher.submit(torch.zeros(1, 1))
+        return True
+
+    assert _run_in_threads(call, 3) == [True, True, True]
+    with pytest.raises(ValueError, match="max_batch >= 1"):
+        MicroBatcher(run, max_batch=0)
