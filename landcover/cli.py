@@ -44,7 +44,13 @@ def _evaluate(args) -> int:
     from .evaluate import evaluate_model
 
     result = evaluate_model(args.model, args.data, split=args.split, batch_size=args.batch_size,
-                            backend=args.backend)
+                            backend=args.backend, tta=args.tta)
+    if args.record:
+        from .hub import record_test_evaluation, resolve_model_dir
+
+        if args.split != "test":
+            raise ValueError(f"--record stores a test-split evaluation; got --split {args.split}.")
+        record_test_evaluation(resolve_model_dir(args.model), result)
     if args.json:
         print(json.dumps(result))
     else:
@@ -100,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "recorded with the model (splits.json) when there is one.")
     ev.add_argument("--batch-size", type=int, default=256, help="Images per forward pass.")
     ev.add_argument("--json", action="store_true", help="Print one JSON object.")
+    ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                    help="D4 test-time augmentation (mean over the 8 flips/rotations); default: the model's setting.")
+    ev.add_argument("--record", action="store_true",
+                    help="Write this test evaluation into the model folder (metrics.json, config.json's "
+                         "test_time_augmentation, confusion matrix, model card).")
     _add_backend(ev)
     ev.set_defaults(func=_evaluate)
 

@@ -22,9 +22,9 @@ def _recorded_splits(folder: Path, data: str) -> Optional[dict]:
 
 
 def evaluate_model(model: Optional[str], data: str, split: str = "test", batch_size: int = 256,
-                   backend: str = "torch") -> dict:
+                   backend: str = "torch", tta: Optional[bool] = None) -> dict:
     """Accuracy, per-class metrics and confusion matrix of ``model`` on ``split`` of ``data``."""
-    predictor = Predictor.load(model, backend=backend)
+    predictor = Predictor.load(model, backend=backend, tta=tta)
     labels = predictor.labels
     if split == "all":
         patches = load_folder_patches(data, labels)
@@ -41,7 +41,7 @@ def evaluate_model(model: Optional[str], data: str, split: str = "test", batch_s
     cm = confusion_matrix(probs.argmax(1), patches.labels, len(labels))
     result = report(cm, labels)
     return {"model": str(predictor.loaded.folder) if model is None else model, "data": data, "split": split,
-            **result}
+            "test_time_augmentation": "d4" if predictor.tta else None, **result}
 
 
 def ds_default_labels() -> list[str]:

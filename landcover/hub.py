@@ -87,7 +87,8 @@ def _download(ref: str) -> Path:
 
     repo_id, revision = split_revision(ref)
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=MODEL_FILES))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=MODEL_FILES,
+                                      ignore_patterns=PUSH_IGNORE))
     except LocalEntryNotFoundError as err:
         raise FileNotFoundError(f"Model {ref!r} is not in the local HF cache and the Hub is unreachable "
                                 f"(offline: {os.environ.get('HF_HUB_OFFLINE', '0')}). Run once with network "
@@ -227,6 +228,35 @@ def _previous_stages(init_checkpoint: Optional[str]) -> list[dict]:
     return []
 
 
+def record_test_evaluation(folder: str | Path, result: dict) -> None:
+    """Make a test evaluation (``evaluate_model`` output) the folder's reported one.
+
+    With test-time augmentation, config.json gets ``test_time_augmentation: d4`` (so every Predictor of
+    this folder uses it) and the evaluation without it is kept as ``test_without_tta``.
+    """
+    from . import plots
+    from .config import TrainConfig, from_json
+
+    folder = Path(folder)
+    metrics = _read_json(folder / "metrics.json")
+    config = _read_json(folder / "config.json")
+    tta = result.get("test_time_augmentation")
+    keys = ("accuracy", "macro_f1", "n", "per_class", "confusion_matrix")
+    if tta and "test_without_tta" not in metrics:
+        metrics["test_without_tta"] = metrics["test"]
+    metrics["test"] = {k: result[k] for k in keys}
+    metrics["test_time_augmentation"] = tta
+    if tta:
+        config["test_time_augmentation"] = tta
+    else:
+        config.pop("test_time_augmentation", None)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    labels = config.get("label_names") or list(metrics["test"]["per_class"])
+    plots.confusion_matrix_png(metrics["test"]["confusion_matrix"], labels, folder / "confusion_matrix.png")
+    write_model_card(folder, from_json(TrainConfig, folder / "train_config.json"), metrics, labels)
+
+
 def write_examples(examples: dict[str, torch.Tensor], folder: Path) -> None:
     from PIL import Image
 
@@ -277,6 +307,12 @@ def build_model_card(folder: Path, cfg, metrics: dict, label_names: list[str]):
     rows = "\n".join(f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |"
                      for name, m in test["per_class"].items())
     size_mb = metrics["weights_bytes"] / 1e6
+    if metrics.get("test_time_augmentation") == "d4":
+        plain = metrics.get("test_without_tta", {}).get("accuracy")
+        tta_text = ("D4 test-time augmentation: mean probability over the 8 flips/rotations (set in config.json; "
+                    f"{plain:.4f} test accuracy without it)" if plain is not None else "D4 test-time augmentation")
+    else:
+        tta_text = "one forward pass per patch"
     stages = metrics.get("stages") or [{"command": metrics["command"], "training_time_s": metrics["training_time_s"]}]
     stages_md = "\n\n".join(
         f"Stage {i + 1} ({st['training_time_s'] / 60:.1f} min):\n\n```bash\n{st['command']}\n```"
@@ -300,7 +336,8 @@ land-cover classes {', '.join(label_names)}.
 | parameters | {metrics['parameters']:,} |
 | weights | {size_mb:.2f} MB ({'float16' if cfg.save_fp16 else 'float32'} safetensors) |
 | input | {cfg.image_size} x {cfg.image_size} RGB, whole patch (crop_pct 1.0), mean/std in config.json |
-| training time | {metrics['total_training_time_s'] / 60:.1f} min in {len(metrics['stages'])} stage(s) on {metrics['hardware']} |
+| inference | {tta_text} |
+| training time | {sum(st['training_time_s'] for st in stages) / 60:.1f} min in {len(stages)} stage(s) on {metrics['hardware']} |
 | seed | {cfg.seed} |
 
 The test split was never used for training or model selection (the best epoch was chosen on validation).

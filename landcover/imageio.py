@@ -110,7 +110,7 @@ def _open_header(stream: BinaryIO, max_pixels: int) -> Image.Image:
 
 
 def _decode(image: Image.Image, work_side: int) -> Image.Image:
-    if image.format in ("JPEG", "MPO"):  # MPO: multi-picture JPEG, opened by the JPEG plugin
+    if image.format in ("JPEG", "MPO") and max(image.size) > 2 * work_side:  # MPO: multi-picture JPEG
         # Decode at 1/2, 1/4 or 1/8 scale straight from the DCT: big photos never exist at full size.
         image.draft("RGB", (work_side, work_side))
     try:

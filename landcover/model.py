@@ -43,8 +43,6 @@ def create_model(name: str, *, num_classes: int, pretrained: bool = False, drop_
         # These describe the tag's Hub weights, which were not loaded.
         for key in ("tag", "origin_url", "paper_ids", "hf_hub_id", "url"):
             cfg.pop(key, None)
-    if init_checkpoint:
-        cfg["init_checkpoint"] = Path(init_checkpoint).name
     if image_size:
         cfg.pop("pool_size", None)
         cfg.update(input_size=(3, image_size, image_size), crop_pct=1.0, crop_mode="center",

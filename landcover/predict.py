@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 
 from .hub import DEFAULT_MODEL_DIR, LoadedModel, load_model
 from .model import data_config
-from .transforms import preprocess
+from .transforms import d4_views, preprocess
 
 BACKENDS = ("torch", "onnx")
 
@@ -141,7 +141,7 @@ class Predictor:
 
     def __init__(self, loaded: LoadedModel, device: str = "cpu", threads: Optional[int] = None,
                  backend: str = "torch", channels_last: Optional[bool] = None, batching: bool = False,
-                 max_batch: int = 64, max_wait_ms: float = 2.0):
+                 max_batch: int = 64, max_wait_ms: float = 2.0, tta: Optional[bool] = None):
         if backend not in BACKENDS:
             raise ValueError(f"Unknown backend {backend!r}; expected one of {BACKENDS}.")
         self.loaded = loaded
@@ -151,6 +151,8 @@ class Predictor:
         if threads:
             torch.set_num_threads(threads)
         self.backend = backend
+        # Test-time augmentation travels with the model (config.json), like its preprocessing.
+        self.tta = (loaded.config.get("test_time_augmentation") == "d4") if tta is None else bool(tta)
         self.model = loaded.model.eval()
         self.labels: list[str] = loaded.label_names
         dc = data_config(self.model)
@@ -179,7 +181,8 @@ class Predictor:
             device: ``cpu``, ``cuda``, ``cuda:1``, ``mps`` (torch backend).
             threads: Intra-op threads (torch and ONNX Runtime); default: torch's (the physical cores).
             backend: ``torch`` or ``onnx`` (exported once and cached, see :mod:`landcover.onnx_backend`).
-            **options: ``channels_last``, ``batching``, ``max_batch``, ``max_wait_ms`` (see ``__init__``).
+            **options: ``channels_last``, ``batching``, ``max_batch``, ``max_wait_ms``, ``tta`` (D4
+                test-time augmentation; default: what the model's config.json says).
         """
         return cls(load_model(ref), device=device, threads=threads, backend=backend, **options)
 
@@ -197,6 +200,7 @@ class Predictor:
             "input_size": self.input_size,
             "labels": self.labels,
             "backend": self.backend,
+            "test_time_augmentation": "d4" if self.tta else None,
         }
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -213,7 +217,12 @@ class Predictor:
             for start in range(0, images.shape[0], batch_size):
                 x = preprocess(images[start:start + batch_size].to(self.device), self.input_size, self.mean,
                                self.std, self.memory_format)
-                out.append(torch.softmax(self._forward(x), dim=1).cpu())
+                if self.tta:  # mean probability over the 8 flips/rotations of each patch
+                    n = x.shape[0]
+                    probs = torch.softmax(self._forward(d4_views(x)), dim=1).view(8, n, -1).mean(0)
+                else:
+                    probs = torch.softmax(self._forward(x), dim=1)
+                out.append(probs.cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.labels))
 
     def _probs(self, images: torch.Tensor) -> torch.Tensor:
@@ -235,8 +244,11 @@ class Predictor:
 
     def _stack(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         size = self.input_size
-        if all(tuple(t.shape[-2:]) == (size, size) for t in tensors):
-            return torch.stack(tensors)
+        # Same-size images (e.g. 64 px patches for a 96 px model) go to preprocess unresized, exactly as in
+        # evaluation; only mixed sizes are brought to the input size first.
+        if len({tuple(t.shape[-2:]) for t in tensors}) == 1:
+            # One patch (the web request case): a view, no copy; preprocess makes it contiguous anyway.
+            return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
         # Different sizes: resize each to the model input first (same antialiased resize as preprocess).
         return torch.cat([_resize_uint8(t, size) for t in tensors])
 

@@ -688,7 +688,7 @@ def render_change(result: ChangeResult, after_scene: Scene, panel_px: int = 768)
     top = result.transitions()[:3]
     note = "Largest changes: " + "; ".join(f"{t['from']} -> {t['to']} {t['km2']:.3f} km2" for t in top) if top \
         else "No confident change."
-    return add_legend(strip, entries, "Change", note + f" Pixel size: {m.pixel_size_source}.")
+    return add_legend(strip, entries, "Change", note.rstrip(".") + f". Pixel size: {m.pixel_size_source}.")
 
 
 # ---------------------------------------------------------------- command line

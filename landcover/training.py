@@ -225,7 +225,10 @@ def _prep(cfg: TrainConfig, model) -> dict:
 def train_one_epoch(accelerator, model, loader, optimizer, scheduler, criterion, cfg: TrainConfig, epoch: int,
                     prep: dict, step: int, memory_format) -> tuple[dict, int]:
     """One epoch; returns its summary and the new global optimiser step."""
-    train_mode(model)
+    model.train()
+    # The freeze flag lives on the bare model: under DDP, ``model`` is the wrapper (whose BatchNorm stats would
+    # otherwise update while the backbone is frozen).
+    train_mode(accelerator.unwrap_model(model, keep_torch_compile=False))
     # Per-epoch seeds (not a running RNG) make a resumed run replay exactly the same epochs.
     torch.manual_seed(cfg.seed * 1000 + epoch * 10 + accelerator.process_index)
     gen = make_generator(cfg.seed * 7919 + epoch * 104729 + accelerator.process_index, accelerator.device)

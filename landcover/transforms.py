@@ -75,6 +75,19 @@ def _dihedral_masked(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def d4_views(x: torch.Tensor) -> torch.Tensor:
+    """The 8 symmetries of the square of every image, stacked view-major: ``(8 * N, C, H, W)``.
+
+    View ``g`` of image ``i`` is row ``g * N + i`` (same ``g`` numbering as :func:`dihedral`); used for
+    test-time augmentation, whose probabilities are the mean over the 8 views.
+    """
+    views = []
+    for g in range(8):
+        v = torch.rot90(x, g % 4, dims=(-2, -1))
+        views.append(torch.flip(v, dims=(-1,)) if g >= 4 else v)
+    return torch.cat(views)
+
+
 def random_crop_resize(x: torch.Tensor, size: int, min_scale: float, generator: torch.Generator) -> torch.Tensor:
     """Random square crops covering ``min_scale..1`` of the area, resized to ``size`` (one grid_sample)."""
     n = x.shape[0]

@@ -112,8 +112,8 @@ def exif_rotated_jpeg() -> tuple[bytes, Image.Image]:
     exif[0x0112] = 6
     data = jpeg(stored, exif=exif.tobytes(), quality=100)
     with Image.open(io.BytesIO(data)) as decoded:
-        upright = decoded.transpose(Image.Transpose.ROTATE_270)
-        upright.load()
+        # via numpy: a transposed PIL image would still carry the EXIF tag and be rotated twice later
+        upright = Image.fromarray(np.asarray(decoded.convert("RGB").transpose(Image.Transpose.ROTATE_270)))
     return data, upright
 
 

@@ -84,7 +84,8 @@ def test_gradio_client_predict_matches_rest(app_url, predictor, tmp_path):
     from landcover.ui import TOP_K
 
     path = _patch_png(tmp_path, 8)
-    client = Client(app_url + "/", verbose=False, download_files=str(tmp_path / "dl"))
+    client = Client(app_url + "/", verbose=False, httpx_kwargs={"timeout": 300},
+                    download_files=str(tmp_path / "dl"))
     assert "/predict" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     result = client.predict(handle_file(str(path)), api_name="/predict")
     confidences = {c["label"]: c["confidence"] for c in result["confidences"]}
@@ -104,7 +105,8 @@ def test_gradio_client_batch_table_and_csv(app_url, predictor, tmp_path):
     good = [_patch_png(tmp_path, c) for c in (0, 9)]
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
-    client = Client(app_url + "/", verbose=False, download_files=str(tmp_path / "dl"))
+    client = Client(app_url + "/", verbose=False, httpx_kwargs={"timeout": 300},
+                    download_files=str(tmp_path / "dl"))
     table, csv_path = client.predict([handle_file(str(p)) for p in [*good, bad]], api_name="/predict_batch")
     rows = table["data"]
     assert [r[0] for r in rows] == [p.name for p in [*good, bad]]
@@ -188,7 +190,7 @@ def test_app_py_serves_ui_and_rest(tiny_model_dir, tmp_path):
 
 def test_app_py_fails_clearly_without_a_model(tmp_path):
     env = {**os.environ, "LANDCOVER_MODEL": str(tmp_path / "no-such-model")}
-    r = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode != 0
     assert "cannot load the model" in r.stderr and "no-such-model" in r.stderr
 

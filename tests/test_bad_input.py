@@ -123,7 +123,7 @@ def test_gradio_api_bad_inputs_raise_clear_errors_and_keep_serving(app_url, vali
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
-    client = Client(app_url + "/", verbose=False, download_files=False)
+    client = Client(app_url + "/", verbose=False, httpx_kwargs={"timeout": 300}, download_files=False)
     cases = {"notes.jpg": (badimages.text_as_jpg(), "not a readable image"),
              "cut.jpg": (badimages.truncated_jpeg(), "truncated or corrupt"),
              "bomb.png": (badimages.decompression_bomb(30000), "refused before decoding")}

@@ -18,8 +18,11 @@ from landcover.predict import Predictor
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run a command of this project with the test environment (offline Hub, one thread)."""
+def run(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
+    """Run a command of this project with the test environment (offline Hub, one thread).
+
+    The timeout only catches hangs: these take seconds on an idle machine, minutes on a crowded shared one.
+    """
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True,
                           timeout=timeout)
 
@@ -68,7 +71,7 @@ def test_predict_json_top_k(tiny_model_dir, tmp_path):
 
 
 def test_train_help_lists_every_flag_with_its_help():
-    proc = run("train.py", "--help", timeout=120)
+    proc = run("train.py", "--help")
     assert proc.returncode == 0, proc.stderr
     flat = re.sub(r"\s+", "", proc.stdout)  # argparse wraps (and hyphen-breaks) long help lines
     for f in dataclasses.fields(TrainConfig):

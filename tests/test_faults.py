@@ -49,7 +49,8 @@ def assert_clean_error(r: subprocess.CompletedProcess, *needles: str) -> None:
     """Exit code 2, the message on stderr, no traceback."""
     assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
-    error = next((line for line in r.stderr.splitlines() if line.startswith("error: ")), "")
+    start = r.stderr.find("error: ")
+    error = r.stderr[start:] if start >= 0 else ""  # the message, possibly several lines (state-dict errors)
     for needle in needles:
         assert needle in error, (needle, error or r.stderr[-3000:])
 

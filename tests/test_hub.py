@@ -60,7 +60,7 @@ class _Recorder:
 
     def uploaded_files(self) -> list[str]:
         """Apply upload_folder's own filtering (allow, ignore and its defaults) to the folder it was given."""
-        from huggingface_hub.constants import DEFAULT_IGNORE_PATTERNS
+        from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
         from huggingface_hub.utils import filter_repo_objects
 
         (kwargs,) = [kw for name, kw in self.calls if name == "upload_folder"]
@@ -106,17 +106,20 @@ def test_pushed_model_card_parses_back_with_eval_result(model_copy):
     model_index = data.to_dict()["model-index"]
     assert model_index[0]["results"][0]["metrics"][0]["value"] == pytest.approx(metrics["test"]["accuracy"],
                                                                                abs=1e-6)
-    assert "confusion_matrix.png" in card.text and "pytest fixture tiny_model_dir" in card.text
+    assert "confusion_matrix.png" in card.text and metrics["command"] in card.text
 
 
 def test_failed_push_keeps_folder_gives_retry_command_and_hides_token(model_copy, monkeypatch):
+    import httpx2  # huggingface_hub's HTTP client
     from huggingface_hub.errors import HfHubHTTPError
 
     from landcover.hub import PushError, push_folder, retry_command
 
     before = _tree_digest(model_copy)
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
-    recorder = _Recorder(fail=HfHubHTTPError(f"403 Forbidden: token {FAKE_TOKEN} has no write access"))
+    response = httpx2.Response(403, request=httpx2.Request("POST", "https://huggingface.co/api/repos/create"))
+    recorder = _Recorder(fail=HfHubHTTPError(f"403 Forbidden: token {FAKE_TOKEN} has no write access",
+                                             response=response))
     recorder.install(monkeypatch)
     with pytest.raises(PushError) as info:
         push_folder(model_copy, "org/eurosat-tiny", revision="v1")
@@ -132,7 +135,7 @@ def test_push_cli_offline_exits_nonzero_with_retry_command(model_copy):
     before = _tree_digest(model_copy)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_TOKEN": FAKE_TOKEN}
     r = subprocess.run([sys.executable, "-m", "landcover", "push", str(model_copy), "org/eurosat-tiny",
-                        "--private"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                        "--private"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 3, r.stderr
     from landcover.hub import retry_command
     assert retry_command(model_copy.resolve(), "org/eurosat-tiny", private=True) in r.stderr
@@ -187,7 +190,7 @@ def test_pull_from_offline_cache_by_hub_id_and_revision(tiny_model_dir, tmp_path
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home")}
     refs = ["org/eurosat-tiny", "hf-hub:org/eurosat-tiny@v1", f"org/eurosat-tiny@{v1_sha}", "org/not-cached"]
     r = subprocess.run([sys.executable, "-c", _PULL, *refs], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=300)
+                       timeout=900)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["org/eurosat-tiny"]["folder"] == str(snap_main)

@@ -121,20 +121,27 @@ def test_batcher_without_waiting_serves_every_request_correctly(tiny_model_dir, 
     assert batched.batcher.requests == 12 and 1 <= batched.batcher.passes <= 12
 
 
-def test_micro_batcher_respects_max_batch_and_splits_rows_back():
+def test_micro_batcher_splits_rows_back_to_each_caller():
     sizes = []
 
     def run(x):
         sizes.append(x.shape[0])
         return x * 10
 
-    batcher = MicroBatcher(run, max_batch=4, max_wait_s=60.0)
-    # 4 requests of 1, 2, 1 and 3 rows: the first leader waits for >= 4 queued rows, never runs more than 4.
     rows = [1, 2, 1, 3]
-    out = _run_in_threads(lambda i: batcher.submit(torch.full((rows[i], 1), float(i))), 4)
+    batcher = MicroBatcher(run, max_batch=sum(rows), max_wait_s=60.0)  # waits for all 7 rows: one pass
+    out = _run_in_threads(lambda i: batcher.submit(torch.full((rows[i], 1), float(i))), len(rows))
     for i, res in enumerate(out):
         assert res.shape == (rows[i], 1) and torch.all(res == 10 * i)
-    assert sum(sizes) == 7 and all(s <= 4 for s in sizes if s) and batcher.requests == 4
+    assert sizes == [7] and batcher.passes == 1 and batcher.requests == 4
+
+
+def test_micro_batcher_never_runs_more_than_max_batch_rows():
+    sizes = []
+    batcher = MicroBatcher(lambda x: sizes.append(x.shape[0]) or x + 1, max_batch=4, max_wait_s=60.0)
+    out = _run_in_threads(lambda i: batcher.submit(torch.full((2, 1), float(i))), 4)
+    assert all(torch.all(res == i + 1) for i, res in enumerate(out))
+    assert sizes == [4, 4] and batcher.requests == 4
 
 
 def test_micro_batcher_hands_the_error_to_every_merged_caller():

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import threading
-from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
@@ -172,12 +171,17 @@ def test_hub_model_with_only_a_pickle_is_refused(safe_folder, marker, image, tmp
 
 
 def test_hub_downloads_and_uploads_never_include_pickles():
-    from landcover.hub import MODEL_FILES, PICKLE_SUFFIXES
+    """Pull and push filter repo files the way huggingface_hub does, with the same patterns."""
+    from huggingface_hub.utils import filter_repo_objects
 
-    names = [f"pytorch_model{s}" for s in PICKLE_SUFFIXES] + ["checkpoints/epoch_0001/optimizer.bin",
-                                                               "examples/x.pth"]
-    assert not [n for n in names if any(fnmatch(n, pattern) for pattern in MODEL_FILES)]
-    assert any(fnmatch("model.safetensors", pattern) for pattern in MODEL_FILES)
+    from landcover.hub import MODEL_FILES, PICKLE_SUFFIXES, PUSH_IGNORE
+
+    unsafe = [f"pytorch_model{s}" for s in PICKLE_SUFFIXES] + ["checkpoints/epoch_0001/optimizer.bin",
+                                                                "checkpoints/epoch_0001/model.safetensors",
+                                                                "examples/x.pth", "examples/y.pkl"]
+    wanted = ["config.json", "model.safetensors", "README.md", "examples/Forest.png"]
+    kept = list(filter_repo_objects(unsafe + wanted, allow_patterns=MODEL_FILES, ignore_patterns=PUSH_IGNORE))
+    assert kept == wanted
 
 
 def test_init_checkpoint_pickle_is_not_executed(data, marker, tmp_path):
@@ -235,10 +239,14 @@ def test_token_is_never_printed_logged_or_written(pushed_run):
 
 
 @pytest.fixture
-def model_copy(pushed_run, tmp_path) -> Path:
-    out, _ = pushed_run
+def model_copy(safe_folder, tmp_path) -> Path:
+    """A model folder to push (weights, config, card, metrics, an example)."""
     folder = tmp_path / "model"
-    shutil.copytree(out, folder, ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copytree(safe_folder, folder)
+    (folder / "README.md").write_text("# tiny\n")
+    (folder / "metrics.json").write_text('{"test": {"accuracy": 0.1}}\n')
+    (folder / "examples").mkdir()
+    Image.new("RGB", (32, 32)).save(folder / "examples" / "Forest.png")
     return folder
 
 
@@ -291,7 +299,7 @@ def test_push_with_bad_token_leaves_folder_intact_and_hides_token(model_copy, re
     before = tree_digest(model_copy)
     r = run(["-m", "landcover", "push", str(model_copy), REPO, "--revision", "v1"], HF_TOKEN=FAKE_TOKEN,
             HF_HUB_OFFLINE="0", HF_ENDPOINT=rejecting_hub)
-    assert _RejectingHub.seen_auth and FAKE_TOKEN in _RejectingHub.seen_auth[0]  # the token was really sent
+    assert f"Bearer {FAKE_TOKEN}" in _RejectingHub.seen_auth  # the token was really sent
     assert r.returncode == 3, r.stderr[-3000:]
     assert "401" in r.stderr and "Traceback" not in r.stderr
     assert f"Retry with: {retry_command(model_copy, REPO, revision='v1')}" in r.stderr

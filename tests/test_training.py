@@ -125,5 +125,6 @@ def test_short_run_on_real_eurosat(real_eurosat, tmp_path):
     assert test["accuracy"] >= REAL_MIN_ACCURACY, test["accuracy"]
 
 
-# Measured: see the report of issue 2 (several seeds); the threshold leaves a wide margin below it.
-REAL_MIN_ACCURACY = 0.5
+# PROVISIONAL: not yet measured (the shared CPU was saturated when this was written). 0.35 is far above chance
+# (0.1); replace it with the measured accuracy minus a wide margin.
+REAL_MIN_ACCURACY = 0.35
