@@ -125,6 +125,6 @@ def test_short_run_on_real_eurosat(real_eurosat, tmp_path):
     assert test["accuracy"] >= REAL_MIN_ACCURACY, test["accuracy"]
 
 
-# PROVISIONAL: not yet measured (the shared CPU was saturated when this was written). 0.35 is far above chance
-# (0.1); replace it with the measured accuracy minus a wide margin.
-REAL_MIN_ACCURACY = 0.35
+# Measured once (seed 42, this exact config): test accuracy 0.591 (validation 0.43 / 0.48 / 0.59 per epoch). One run
+# only, so the margin is wide; chance is 0.1.
+REAL_MIN_ACCURACY = 0.4
