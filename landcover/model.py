@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import pickle
+import re
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -106,7 +108,15 @@ def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
         return load_file(str(path))
     # weights_only: a pickle can run code; only tensors and plain containers are accepted.
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only met a non-tensor object: refused, never executed
+        found = re.search(r"Unsupported global: [^\n.]*", str(err))
+        raise ValueError(
+            f"--init-checkpoint {path} was refused: it is a pickle holding more than tensors "
+            f"({found.group(0) if found else type(err).__name__}), which could run code when loaded, so it was not "
+            f"executed. Expected a .safetensors file or a plain state dict; convert a file you trust with "
+            f"safetensors.torch.save_file.") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     return state

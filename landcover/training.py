@@ -12,8 +12,6 @@ import json
 import logging
 import math
 import os
-import pickle
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -64,17 +62,9 @@ class TrainResult:
 def build_model(cfg: TrainConfig, class_names: list[str]) -> torch.nn.Module:
     """The model a run starts from (seeded, so tests can rebuild the exact initial weights)."""
     torch.manual_seed(cfg.seed)
-    try:
-        return create_model(cfg.model, num_classes=len(class_names), pretrained=cfg.pretrained,
-                            drop_rate=cfg.drop_rate, image_size=cfg.image_size, label_names=class_names,
-                            init_checkpoint=cfg.init_checkpoint)
-    except pickle.UnpicklingError as err:  # torch.load(weights_only=True) met a non-tensor object
-        found = re.search(r"Unsupported global: [^\n.]*", str(err))
-        raise ValueError(
-            f"--init-checkpoint {cfg.init_checkpoint} was refused: it is a pickle holding more than tensors "
-            f"({found.group(0) if found else type(err).__name__}), which could run code when loaded, so it was not "
-            f"executed. Expected a .safetensors file or a plain state dict; convert a file you trust with "
-            f"safetensors.torch.save_file.") from None
+    return create_model(cfg.model, num_classes=len(class_names), pretrained=cfg.pretrained,
+                        drop_rate=cfg.drop_rate, image_size=cfg.image_size, label_names=class_names,
+                        init_checkpoint=cfg.init_checkpoint)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
