@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .labels import EUROSAT_CLASSES
+from .transforms import resize_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +157,7 @@ def _decode_one(item: dict, size: Optional[int]) -> Optional[torch.Tensor]:
                 img = torch.from_numpy(np.asarray(pil.convert("RGB")).copy()).permute(2, 0, 1)
         except Exception:
             return None
-    if size is not None and tuple(img.shape[-2:]) != (size, size):
-        img = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True)[0]
-        img = img.round().clamp(0, 255).to(torch.uint8)
-    return img
+    return img if size is None else resize_uint8(img, size)[0]
 
 
 def _file_id(item: dict, root: Optional[str], fallback: str) -> str:
@@ -190,20 +188,13 @@ def decode_split(split, name: str, label_map: np.ndarray, root: Optional[str], s
         shapes = {tuple(d.shape[-2:]) for d in decoded if d is not None}
         if len(shapes) > 1:
             target = first.shape[-1]
-            decoded = [None if d is None else _decode_one_resize(d, target) for d in decoded]
+            decoded = [None if d is None else resize_uint8(d, target)[0] for d in decoded]
     keep = [i for i, d in enumerate(decoded) if d is not None]
     skipped = [ids[i] for i, d in enumerate(decoded) if d is None]
     if skipped:
         warnings.warn(f"Skipped {len(skipped)} undecodable image(s) in split {name!r}, e.g. {skipped[:3]}.")
     images = torch.stack([decoded[i] for i in keep]) if keep else torch.empty(0, 3, 64, 64, dtype=torch.uint8)
     return Patches(images, torch.as_tensor(labels[keep]), [ids[i] for i in keep]), skipped
-
-
-def _decode_one_resize(img: torch.Tensor, size: int) -> torch.Tensor:
-    if tuple(img.shape[-2:]) == (size, size):
-        return img
-    out = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True)[0]
-    return out.round().clamp(0, 255).to(torch.uint8)
 
 
 # ---------------------------------------------------------------- splitting
@@ -250,11 +241,9 @@ def _concat(parts: list[Patches]) -> Patches:
                    [f for p in parts for f in p.files])
 
 
-def _find_split(raw, name: str):
-    for alias in _SPLIT_ALIASES[name]:
-        if alias in raw:
-            return raw[alias]
-    return None
+def _find_split_name(raw, name: str) -> Optional[str]:
+    """The dataset's own name for split ``name`` (``val`` for validation, ...), or None."""
+    return next((a for a in _SPLIT_ALIASES[name] if a in raw), None)
 
 
 def load_eurosat(ref: str, *, seed: int = 42, val_fraction: float = 0.1, test_fraction: float = 0.2,
@@ -286,7 +275,7 @@ def load_eurosat(ref: str, *, seed: int = 42, val_fraction: float = 0.1, test_fr
         patches, bad = decode_split(split, name, label_map, root)
         decoded[name] = patches
         skipped += bad
-    own = {name: _find_split(raw, name) is not None for name in SPLITS}
+    own = {name: _find_split_name(raw, name) is not None for name in SPLITS}
     if recorded_splits:
         allp = _concat(list(decoded.values()))
         position = {f: i for i, f in enumerate(allp.files)}
@@ -297,7 +286,7 @@ def load_eurosat(ref: str, *, seed: int = 42, val_fraction: float = 0.1, test_fr
         splits = {name: allp.subset([position[f] for f in files]) for name, files in recorded_splits.items()}
         origin = "recorded split files (splits.json)"
     elif all(own.values()):
-        splits = {name: decoded[next(a for a in _SPLIT_ALIASES[name] if a in raw)] for name in SPLITS}
+        splits = {name: decoded[_find_split_name(raw, name)] for name in SPLITS}
         origin = "dataset's own splits"
     else:
         splits, origin = _make_splits(decoded, raw, own, seed, val_fraction, test_fraction)
@@ -323,10 +312,6 @@ def _make_splits(decoded, raw, own, seed, val_fraction, test_fraction):
             splits[n] = decoded[_find_split_name(raw, n)]
     pct = "/".join(f"{round(100 * fractions.get(n, 0))}" for n in SPLITS)
     return splits, f"stratified {pct} split of {'train' if own['train'] else 'all files'} (seed {seed})"
-
-
-def _find_split_name(raw, name: str) -> str:
-    return next(a for a in _SPLIT_ALIASES[name] if a in raw)
 
 
 def load_folder_patches(ref: str, class_names: Sequence[str]) -> Patches:

@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 
 from .data import load_eurosat, load_folder_patches
+from .labels import EUROSAT_CLASSES
 from .metrics import confusion_matrix, report
 from .predict import Predictor
 
@@ -33,7 +34,7 @@ def evaluate_model(model: Optional[str], data: str, split: str = "test", batch_s
         recorded = _recorded_splits(predictor.loaded.folder, data)
         ds = load_eurosat(data, seed=t.get("seed", 42), val_fraction=t.get("val_fraction", 0.1),
                           test_fraction=t.get("test_fraction", 0.2),
-                          allow_custom_classes=labels != ds_default_labels(), recorded_splits=recorded)
+                          allow_custom_classes=labels != list(EUROSAT_CLASSES), recorded_splits=recorded)
         if ds.class_names != labels:
             raise ValueError(f"The data's classes {ds.class_names} differ from the model's {labels}.")
         patches = ds.splits[split]
@@ -43,7 +44,3 @@ def evaluate_model(model: Optional[str], data: str, split: str = "test", batch_s
     return {"model": str(predictor.loaded.folder) if model is None else model, "data": data, "split": split,
             "test_time_augmentation": "d4" if predictor.tta else None, **result}
 
-
-def ds_default_labels() -> list[str]:
-    from .labels import EUROSAT_CLASSES
-    return list(EUROSAT_CLASSES)

@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 
 from .hub import DEFAULT_MODEL_DIR, LoadedModel, load_model
 from .model import data_config
-from .transforms import d4_views, preprocess
+from .transforms import d4_views, preprocess, resize_uint8
 
 BACKENDS = ("torch", "onnx")
 
@@ -250,7 +250,7 @@ class Predictor:
             # One patch (the web request case): a view, no copy; preprocess makes it contiguous anyway.
             return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
         # Different sizes: resize each to the model input first (same antialiased resize as preprocess).
-        return torch.cat([_resize_uint8(t, size) for t in tensors])
+        return torch.cat([resize_uint8(t, size) for t in tensors])
 
     def predict_files(self, paths: Iterable[str | Path], top_k: Optional[int] = None) -> list[dict[str, float]]:
         images = []
@@ -267,8 +267,3 @@ def _is_packaged(folder: Path) -> bool:
         return Path(folder).resolve() == DEFAULT_MODEL_DIR.resolve()
     except OSError:
         return False
-
-
-def _resize_uint8(t: torch.Tensor, size: int) -> torch.Tensor:
-    x = torch.nn.functional.interpolate(t[None].float(), size=(size, size), mode="bilinear", antialias=True)
-    return x.round().clamp(0, 255).to(torch.uint8)

@@ -27,6 +27,14 @@ def preprocess(images: torch.Tensor, size: int, mean: Sequence[float], std: Sequ
     return normalize(x, mean, std).contiguous(memory_format=memory_format)
 
 
+def resize_uint8(img: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 ``(3, H, W)`` -> uint8 ``(1, 3, size, size)`` (antialiased bilinear; a view-free no-op size is kept)."""
+    if tuple(img.shape[-2:]) == (size, size):
+        return img.unsqueeze(0)
+    out = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
