@@ -96,46 +96,89 @@ def d4_views(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(views)
 
 
-def random_crop_resize(x: torch.Tensor, size: int, min_scale: float, generator: torch.Generator) -> torch.Tensor:
-    """Random square crops covering ``min_scale..1`` of the area, resized to ``size`` (one grid_sample)."""
-    n = x.shape[0]
-    side = torch.empty(n, device=x.device).uniform_(min_scale ** 0.5, 1.0, generator=generator)
-    shift = (torch.rand(n, 2, device=x.device, generator=generator) * 2 - 1) * (1 - side).unsqueeze(1)
-    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0] = side
-    theta[:, 1, 1] = side
-    theta[:, :, 2] = shift
-    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+def resample_matrix(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:
+    """Antialiased bilinear weights ``(N, out_size, in_size)`` mapping ``[start, start + length)`` to ``out_size``.
+
+    Row ``i`` holds the triangle-filter weights of output pixel ``i`` (its footprint widened by the
+    scale when downsampling, as in ``F.interpolate(..., antialias=True)``; plain bilinear when
+    upsampling), normalised to sum to 1 so pixels outside the image are ignored.
+    """
+    scale = (length / out_size).unsqueeze(1)  # (N, 1): input pixels per output pixel
+    centre = start.unsqueeze(1) + (torch.arange(out_size, device=start.device) + 0.5) * scale - 0.5
+    support = scale.clamp_min(1.0).unsqueeze(2)
+    pixels = torch.arange(in_size, device=start.device, dtype=centre.dtype)
+    weights = (1.0 - (pixels - centre.unsqueeze(2)).abs() / support).clamp_min_(0.0)
+    return weights / weights.sum(2, keepdim=True)
+
+
+def _crop_params(n: int, min_scale: float, device: torch.device, generator: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Side (fraction of each axis) and start (fraction, x then y) of ``n`` random square crops."""
+    side = torch.empty(n, device=device).uniform_(min_scale ** 0.5, 1.0, generator=generator)
+    shift = (torch.rand(n, 2, device=device, generator=generator) * 2 - 1) * (1 - side).unsqueeze(1)
+    return side, (shift - side.unsqueeze(1) + 1) / 2
+
+
+def crop_resize_d4(images: torch.Tensor, size: int, min_scale: float, k: torch.Tensor,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Random square crop (``min_scale..1`` of the area), D4 symmetry ``k`` and resize in one resampling.
+
+    Crop + resize along one axis is a linear map, so a view is ``Wy @ src @ Wx^T`` (antialiased bilinear
+    weights from :func:`resample_matrix`) with ``src`` the image or its transpose: two batched matmuls,
+    about 2x faster than ``grid_sample`` on one CPU thread and exact at the borders. The flips reverse
+    the rows of ``Wy``/``Wx``. Non-square images skip the transpose (4 symmetries). Returns floats in [0, 1].
+    """
+    n, _, h, w = images.shape
+    side, start = _crop_params(n, min_scale, images.device, generator)
+    transpose = (k & 1).bool() & (h == w)
+    flip_y, flip_x = (k & 2).bool(), (k & 4).bool()
+    wy = resample_matrix(start[:, 1] * h, side * h, h, size)
+    wx = resample_matrix(start[:, 0] * w, side * w, w, size) / 255.0  # fold the uint8 scaling in
+    wy = torch.where(flip_y.view(n, 1, 1), wy.flip(1), wy)
+    wx = torch.where(flip_x.view(n, 1, 1), wx.flip(1), wx)
+    src_t = images.transpose(-1, -2)  # src^T for each sample: the image itself where src is its transpose
+    if h == w:
+        src_t = torch.where(transpose.view(n, 1, 1, 1), images, src_t)
+    src_t = src_t.float()  # (N, 3, W, H), contiguous
+    cols = torch.bmm(src_t.view(n, 3 * w, h), wy.transpose(1, 2))  # (Wy src)^T: (N, 3 * W, size)
+    rows = cols.view(n, 3, w, size).transpose(-1, -2).contiguous()  # Wy src: (N, 3, size, W)
+    return torch.bmm(rows.view(n, 3 * size, w), wx.transpose(1, 2)).view(n, 3, size, size)
 
 
 def color_jitter(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
-    """Per-sample brightness, contrast and saturation factors in ``1 ± strength`` (x in [0, 1])."""
-    n = x.shape[0]
+    """Per-sample brightness, contrast and saturation factors in ``1 ± strength`` (x in [0, 1]).
 
-    def factors() -> torch.Tensor:
-        f = torch.empty(n, 1, 1, 1, device=x.device).uniform_(1 - strength, 1 + strength, generator=generator)
-        return f.to(x.dtype)
-
-    x = x * factors()
-    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-    x = (x - gray.mean(dim=(2, 3), keepdim=True)) * factors() + gray.mean(dim=(2, 3), keepdim=True)
-    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-    x = gray + (x - gray) * factors()
-    return x.clamp_(0.0, 1.0)
+    Brightness ``b x``, then contrast about the mean grey ``c x + (1 - c) m``, then saturation
+    ``s x + (1 - s) grey(x)`` compose into one affine colour map ``A x + o`` per image (``grey`` weights
+    sum to 1), applied as a single batched 3x3 matmul and clamped once at the end.
+    """
+    n, ch = x.shape[:2]
+    if ch != 3:
+        raise ValueError(f"Colour jitter expects RGB batches (N, 3, H, W); got {ch} channels.")
+    b, c, s = (torch.empty(n, device=x.device).uniform_(1 - strength, 1 + strength, generator=generator)
+               .to(x.dtype) for _ in range(3))
+    grey = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype)
+    mean_grey = b * (x.mean(dim=(2, 3)) @ grey)  # mean grey level after the brightness change
+    eye = torch.eye(3, device=x.device, dtype=x.dtype)
+    sat = s.view(n, 1, 1) * eye + (1 - s).view(n, 1, 1) * grey.view(1, 1, 3)  # rows: s e_i + (1 - s) grey
+    colour = (b * c).view(n, 1, 1) * sat
+    offset = ((1 - c) * mean_grey).view(n, 1, 1).expand(n, 3, 1)
+    out = torch.baddbmm(offset, colour, x.reshape(n, 3, -1))
+    return out.view_as(x).clamp_(0.0, 1.0)
 
 
 def augment(images: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float],
             generator: torch.Generator, crop_scale: float = 0.8, jitter: float = 0.1,
             memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """Training view of a uint8 batch: D4 symmetry, random crop, colour jitter, resize, normalise."""
-    x = images.float().div_(255.0)
-    k = torch.randint(0, 8, (x.shape[0],), device=x.device, generator=generator)
-    x = dihedral(x, k)
-    if crop_scale < 1.0:
-        x = random_crop_resize(x, size, crop_scale, generator)
-    elif x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    """Training view of a uint8 batch: D4 symmetry, random crop, resize, colour jitter, normalise.
+
+    A few whole-batch passes, no per-sample Python (see :func:`crop_resize_d4`, :func:`color_jitter`).
+    """
+    k = torch.randint(0, 8, (images.shape[0],), device=images.device, generator=generator)
+    if crop_scale >= 1.0 and tuple(images.shape[-2:]) == (size, size):
+        x = dihedral(images.float().div_(255.0), k)
+    else:
+        x = crop_resize_d4(images, size, min(crop_scale, 1.0), k, generator)
     if jitter > 0:
         x = color_jitter(x, jitter, generator)
     return normalize(x, mean, std).contiguous(memory_format=memory_format)

@@ -10,7 +10,10 @@ import torch
 from datagen import write_imagefolder, write_parquet
 from landcover.data import ClassMismatchError, load_eurosat, stratified_subset
 from landcover.labels import EUROSAT_CLASSES
-from landcover.transforms import augment, dihedral, make_generator, normalize, preprocess
+import torch.nn.functional as F
+
+from landcover.transforms import (augment, color_jitter, crop_resize_d4, dihedral, make_generator, normalize,
+                                  preprocess, resample_matrix)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -161,3 +164,58 @@ def test_augment_is_seeded_and_label_preserving():
     assert full.shape == (32, 3, 12, 12) and bool(torch.isfinite(full).all())
     assert torch.equal(full, augment(images, 12, MEAN, STD, make_generator(5)))
     assert not torch.equal(full, augment(images, 12, MEAN, STD, make_generator(6)))
+
+
+@pytest.mark.parametrize("in_size,out_size", [(16, 24), (16, 12), (64, 96), (64, 32), (5, 7)])
+def test_resample_matrix_is_antialiased_bilinear(in_size, out_size):
+    images = torch.rand(4, 3, in_size, in_size, generator=torch.Generator().manual_seed(0))
+    weights = resample_matrix(torch.zeros(4), torch.full((4,), float(in_size)), in_size, out_size)
+    out = weights.unsqueeze(1) @ images @ weights.transpose(1, 2).unsqueeze(1)
+    expected = F.interpolate(images, size=(out_size, out_size), mode="bilinear", antialias=True, align_corners=False)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [24, 12])
+def test_crop_resize_d4_without_crop_is_each_symmetry_of_the_resized_image(size):
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    images = images[:1].expand(8, -1, -1, -1).contiguous()  # one image, all 8 codes
+    out = crop_resize_d4(images, size, 1.0, torch.arange(8), make_generator(0))
+    resized = F.interpolate(images[:1].float() / 255, size=(size, size), mode="bilinear", antialias=True)
+    symmetries = [torch.from_numpy(np.ascontiguousarray(r)) for r in _d4_reference(resized[0].numpy())]
+    matched = [min(range(8), key=lambda g: float((symmetries[g] - out[i]).abs().max())) for i in range(8)]
+    assert sorted(matched) == list(range(8))  # every code is a different symmetry
+    for i, g in enumerate(matched):
+        torch.testing.assert_close(out[i], symmetries[g], rtol=0, atol=1e-5)
+
+
+def test_crop_resize_d4_crops_inside_the_image():
+    # A patch whose left half is 0 and right half 255: a crop of >= 60 % of the side always shows both.
+    images = torch.zeros(64, 3, 20, 20, dtype=torch.uint8)
+    images[..., 10:] = 255
+    out = crop_resize_d4(images, 20, 0.36, torch.zeros(64, dtype=torch.long), make_generator(1))
+    assert float(out.min()) == 0.0 and float(out.max()) == pytest.approx(1.0, abs=1e-6)
+    assert bool((out[..., 0] < 0.5).all() and (out[..., -1] > 0.5).all())  # left stays left without a flip
+    assert len({round(float(v), 3) for v in out.mean(dim=(1, 2, 3))}) > 10  # crops differ per sample
+
+
+def _color_jitter_reference(x, strength, generator):
+    """Brightness, contrast, saturation applied one after another (the textbook order)."""
+    def factor():
+        return torch.empty(x.shape[0], 1, 1, 1).uniform_(1 - strength, 1 + strength, generator=generator)
+
+    def grey(v):
+        return 0.299 * v[:, 0:1] + 0.587 * v[:, 1:2] + 0.114 * v[:, 2:3]
+
+    x = x * factor()
+    m = grey(x).mean(dim=(2, 3), keepdim=True)
+    x = (x - m) * factor() + m
+    g = grey(x)
+    return (g + (x - g) * factor()).clamp(0, 1)
+
+
+def test_color_jitter_equals_the_sequential_definition():
+    x = torch.rand(16, 3, 9, 9, generator=torch.Generator().manual_seed(4))
+    got = color_jitter(x.clone(), 0.4, make_generator(7))
+    torch.testing.assert_close(got, _color_jitter_reference(x, 0.4, make_generator(7)), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="RGB"):
+        color_jitter(torch.rand(2, 1, 4, 4), 0.1, make_generator(0))
