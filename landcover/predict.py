@@ -208,16 +208,21 @@ class Predictor:
             return self.onnx(x)
         return self.model(x).float()
 
-    def predict_tensor(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Class probabilities ``(N, C)`` for uint8 ``(N, 3, H, W)`` images of any size (e.g. scene tiles)."""
+    def predict_tensor(self, images: torch.Tensor, batch_size: int = 256, tta: Optional[bool] = None
+                       ) -> torch.Tensor:
+        """Class probabilities ``(N, C)`` for uint8 ``(N, 3, H, W)`` images of any size (e.g. scene tiles).
+
+        ``tta`` overrides the predictor's test-time augmentation for this call (None: ``self.tta``).
+        """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"Expected a uint8 batch (N, 3, H, W); got shape {tuple(images.shape)}.")
+        tta = self.tta if tta is None else tta
         out = []
         with self._lock, torch.inference_mode():
             for start in range(0, images.shape[0], batch_size):
                 x = preprocess(images[start:start + batch_size].to(self.device), self.input_size, self.mean,
                                self.std, self.memory_format)
-                if self.tta:  # mean probability over the 8 flips/rotations of each patch
+                if tta:  # mean probability over the 8 flips/rotations of each patch
                     n = x.shape[0]
                     probs = torch.softmax(self._forward(d4_views(x)), dim=1).view(8, n, -1).mean(0)
                 else:

@@ -337,7 +337,7 @@ class SceneMap:
 
 
 def map_scene(predictor: "Predictor", scene: Scene, stride: int = PATCH_SIZE_PX, batch_size: int = 256,
-              progress: Optional[bool] = None) -> SceneMap:
+              progress: Optional[bool] = None, tta: bool = False) -> SceneMap:
     """Classify every tile of ``scene`` and average overlapping tiles per cell.
 
     Args:
@@ -346,6 +346,9 @@ def map_scene(predictor: "Predictor", scene: Scene, stride: int = PATCH_SIZE_PX,
         stride: Tile step in px; must divide the patch size (64). Smaller = finer map, more tiles.
         batch_size: Tiles per forward pass (bounds memory).
         progress: Show a tqdm bar on stderr (default: when there are more than 4 batches).
+        tta: Average the 8 flips/rotations of every tile (8x the compute). Off by default for scenes,
+            whatever the model's config says: maps are about throughput, and overlapping strides
+            already average neighbouring views of each cell.
 
     Returns:
         A :class:`SceneMap` with ``(C, rows, cols)`` cell probabilities.
@@ -370,7 +373,7 @@ def map_scene(predictor: "Predictor", scene: Scene, stride: int = PATCH_SIZE_PX,
         ii = np.concatenate([p[0] for p in pending])
         jj = np.concatenate([p[1] for p in pending])
         batch = torch.from_numpy(np.concatenate([p[2] for p in pending]))
-        probs = predictor.predict_tensor(batch, batch_size=batch_size).numpy().T  # (C, n)
+        probs = predictor.predict_tensor(batch, batch_size=batch_size, tta=tta).numpy().T  # (C, n)
         for di in range(k):  # (ii, jj) are distinct within a batch, so plain += is exact
             for dj in range(k):
                 acc[:, ii + di, jj + dj] += probs
@@ -643,14 +646,14 @@ def check_same_grid(before: Scene, after: Scene) -> None:
 
 
 def detect_change(predictor: "Predictor", before: Scene, after: Scene, stride: int = PATCH_SIZE_PX,
-                  batch_size: int = 256, min_confidence: float = 0.5, progress: Optional[bool] = None
-                  ) -> ChangeResult:
+                  batch_size: int = 256, min_confidence: float = 0.5, progress: Optional[bool] = None,
+                  tta: bool = False) -> ChangeResult:
     """Map both scenes on the same grid and compare them (see :class:`ChangeResult`)."""
     if not 0.0 <= min_confidence <= 1.0:
         raise ValueError(f"--min-confidence must be between 0 and 1, got {min_confidence}.")
     check_same_grid(before, after)
-    a = map_scene(predictor, before, stride, batch_size, progress)
-    b = map_scene(predictor, after, stride, batch_size, progress)
+    a = map_scene(predictor, before, stride, batch_size, progress, tta)
+    b = map_scene(predictor, after, stride, batch_size, progress, tta)
     if after.georeferenced and not before.georeferenced:  # areas from whichever date is georeferenced
         a.pixel_area_m2, a.pixel_size_source = b.pixel_area_m2, b.pixel_size_source
     return ChangeResult(a, b, min_confidence)
@@ -723,6 +726,9 @@ def _add_common(p, model_help: str) -> None:
                    help="Ground pixel size in metres (default: from the GeoTIFF, else 10 m assumed).")
     p.add_argument("--backend", default="torch", choices=("torch", "onnx"),  # predict.BACKENDS (torch-free here)
                    help="Inference backend (onnx: exported once and cached; often faster on CPU).")
+    p.add_argument("--tta", action="store_true",
+                   help="Average the 8 flips/rotations of every tile (8x slower). Maps use one pass by default, "
+                        "even for models whose config asks for test-time augmentation on single patches.")
     p.add_argument("--json", action="store_true", help="Print one JSON object on stdout.")
     p.add_argument("--no-progress", action="store_true", help="No progress bar.")
 
@@ -767,7 +773,8 @@ def _map_command(args) -> int:
             raise ValueError(f"--geotiff needs a georeferenced GeoTIFF scene; {args.scene!r} has no CRS/transform. "
                              f"Drop --geotiff, or use --out for a PNG map.")
         predictor = Predictor.load(args.model, backend=args.backend)
-        result = map_scene(predictor, scene, args.stride, args.batch_size, False if args.no_progress else None)
+        result = map_scene(predictor, scene, args.stride, args.batch_size, False if args.no_progress else None,
+                           args.tta)
         render_map_with_legend(result).save(args.out)
         written = {"map": args.out}
         if args.overlay:
@@ -798,7 +805,7 @@ def _change_command(args) -> int:
 
         predictor = Predictor.load(args.model, backend=args.backend)
         result = detect_change(predictor, before, after, args.stride, args.batch_size, args.min_confidence,
-                               False if args.no_progress else None)
+                               False if args.no_progress else None, args.tta)
         render_change(result, after).save(args.out)
     if args.json:
         print(json.dumps({**result.to_json(), "outputs": {"change": args.out}}))

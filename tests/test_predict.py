@@ -1,5 +1,7 @@
 """Predictor: probabilities, resizing, memory formats and the micro-batcher, with real threads."""
 
+import json
+import shutil
 import threading
 
 import numpy as np
@@ -59,6 +61,22 @@ def test_channels_last_gives_the_same_probabilities(tiny_model_dir, predictor):
     assert cl.memory_format == torch.channels_last and not predictor.channels_last
     batch = _as_tensor(_images(4))
     assert torch.allclose(cl.predict_tensor(batch), predictor.predict_tensor(batch), atol=1e-5)
+
+
+def test_test_time_augmentation_comes_from_config_and_can_be_overridden(tiny_model_dir, predictor, tmp_path):
+    folder = tmp_path / "tta_model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "test_time_augmentation": "d4"}))
+    tta = Predictor.load(str(folder))
+    assert tta.tta and not predictor.tta and tta.info["test_time_augmentation"] == "d4"
+    batch = _as_tensor(_images(3, size=predictor.input_size))
+    views = [torch.rot90(batch, g % 4, dims=(-2, -1)) for g in range(8)]
+    views = [torch.flip(v, dims=(-1,)) if g >= 4 else v for g, v in enumerate(views)]
+    expected = torch.stack([predictor.predict_tensor(v.contiguous()) for v in views]).mean(0)  # mean over views
+    torch.testing.assert_close(tta.predict_tensor(batch), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(tta.predict_tensor(batch, tta=False), predictor.predict_tensor(batch), rtol=0, atol=0)
+    torch.testing.assert_close(predictor.predict_tensor(batch, tta=True), expected, rtol=0, atol=1e-5)
 
 
 def test_unknown_backend_is_a_value_error(tiny_model_dir):
