@@ -106,8 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "recorded with the model (splits.json) when there is one.")
     ev.add_argument("--batch-size", type=int, default=256, help="Images per forward pass.")
     ev.add_argument("--json", action="store_true", help="Print one JSON object.")
-    ev.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                    help="D4 test-time augmentation (mean over the 8 flips/rotations); default: the model's setting.")
+    ev.add_argument("--tta", nargs="?", const=True, default=None, choices=("hflip", "flips", "d4"),
+                    metavar="MODE", help="Test-time augmentation: mean probability over the views of MODE (hflip: 2, "
+                                         "flips: 4, d4: 8 flips/rotations; bare --tta: the model's mode or d4). "
+                                         "Default: the model's setting (config.json).")
+    ev.add_argument("--no-tta", dest="tta", action="store_const", const=False, help="One pass per image.")
     ev.add_argument("--record", action="store_true",
                     help="Write this test evaluation into the model folder (metrics.json, config.json's "
                          "test_time_augmentation, confusion matrix, model card).")

@@ -23,8 +23,12 @@ def _recorded_splits(folder: Path, data: str) -> Optional[dict]:
 
 
 def evaluate_model(model: Optional[str], data: str, split: str = "test", batch_size: int = 256,
-                   backend: str = "torch", tta: Optional[bool] = None) -> dict:
-    """Accuracy, per-class metrics and confusion matrix of ``model`` on ``split`` of ``data``."""
+                   backend: str = "torch", tta: "bool | str | None" = None) -> dict:
+    """Accuracy, per-class metrics and confusion matrix of ``model`` on ``split`` of ``data``.
+
+    ``tta``: None = the model's own test-time augmentation, False = none, True or a mode name
+    (``hflip``, ``flips``, ``d4``; see ``landcover.transforms.TTA_MODES``).
+    """
     predictor = Predictor.load(model, backend=backend, tta=tta)
     labels = predictor.labels
     if split == "all":
@@ -42,5 +46,5 @@ def evaluate_model(model: Optional[str], data: str, split: str = "test", batch_s
     cm = confusion_matrix(probs.argmax(1), patches.labels, len(labels))
     result = report(cm, labels)
     return {"model": str(predictor.loaded.folder) if model is None else model, "data": data, "split": split,
-            "test_time_augmentation": "d4" if predictor.tta else None, **result}
+            "test_time_augmentation": predictor.tta, **result}
 

@@ -228,11 +228,15 @@ def _previous_stages(init_checkpoint: Optional[str]) -> list[dict]:
     return []
 
 
+TTA_DESCRIPTIONS = {"hflip": "the patch and its mirror image", "flips": "the patch, its two mirror images and its "
+                    "180-degree turn", "d4": "the 8 flips/rotations"}
+
+
 def record_test_evaluation(folder: str | Path, result: dict) -> None:
     """Make a test evaluation (``evaluate_model`` output) the folder's reported one.
 
-    With test-time augmentation, config.json gets ``test_time_augmentation: d4`` (so every Predictor of
-    this folder uses it) and the evaluation without it is kept as ``test_without_tta``.
+    With test-time augmentation, config.json gets ``test_time_augmentation: <mode>`` (so every Predictor
+    of this folder uses it) and the evaluation without it is kept as ``test_without_tta``.
     """
     from . import plots
     from .config import TrainConfig, from_json
@@ -307,10 +311,11 @@ def build_model_card(folder: Path, cfg, metrics: dict, label_names: list[str]):
     rows = "\n".join(f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |"
                      for name, m in test["per_class"].items())
     size_mb = metrics["weights_bytes"] / 1e6
-    if metrics.get("test_time_augmentation") == "d4":
+    mode = metrics.get("test_time_augmentation")
+    if mode:
         plain = metrics.get("test_without_tta", {}).get("accuracy")
-        tta_text = ("D4 test-time augmentation: mean probability over the 8 flips/rotations (set in config.json; "
-                    f"{plain:.4f} test accuracy without it)" if plain is not None else "D4 test-time augmentation")
+        tta_text = (f"test-time augmentation `{mode}`: mean probability over {TTA_DESCRIPTIONS.get(mode, mode)} "
+                    f"(set in config.json" + (f"; {plain:.4f} test accuracy without it)" if plain is not None else ")"))
     else:
         tta_text = "one forward pass per patch"
     stages = metrics.get("stages") or [{"command": metrics["command"], "training_time_s": metrics["training_time_s"]}]

@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 
 from .hub import DEFAULT_MODEL_DIR, LoadedModel, load_model
 from .model import data_config
-from .transforms import d4_views, preprocess, resize_uint8
+from .transforms import TTA_MODES, preprocess, resize_uint8, tta_views
 
 BACKENDS = ("torch", "onnx")
 
@@ -152,7 +152,8 @@ class Predictor:
             torch.set_num_threads(threads)
         self.backend = backend
         # Test-time augmentation travels with the model (config.json), like its preprocessing.
-        self.tta = (loaded.config.get("test_time_augmentation") == "d4") if tta is None else bool(tta)
+        self.model_tta: Optional[str] = loaded.config.get("test_time_augmentation") or None
+        self.tta: Optional[str] = self.resolve_tta(tta)
         self.model = loaded.model.eval()
         self.labels: list[str] = loaded.label_names
         dc = data_config(self.model)
@@ -186,6 +187,22 @@ class Predictor:
         """
         return cls(load_model(ref), device=device, threads=threads, backend=backend, **options)
 
+    def resolve_tta(self, tta: "bool | str | None") -> Optional[str]:
+        """Test-time augmentation mode for ``tta``: None = the model's own (config.json), False = none,
+        True = the model's mode or ``d4``, or a mode name from ``landcover.transforms.TTA_MODES``."""
+        if tta is None:
+            mode = self.model_tta
+        elif tta is True:
+            mode = self.model_tta or "d4"
+        elif tta is False:
+            mode = None
+        else:
+            mode = str(tta)
+        if mode is not None and mode not in TTA_MODES:
+            raise ValueError(f"Unknown test-time augmentation {mode!r} (from {'config.json' if tta is None else 'tta'}"
+                             f"); expected one of {sorted(TTA_MODES)}, or none.")
+        return mode
+
     @property
     def info(self) -> dict:
         """What the UI's model panel shows."""
@@ -200,7 +217,7 @@ class Predictor:
             "input_size": self.input_size,
             "labels": self.labels,
             "backend": self.backend,
-            "test_time_augmentation": "d4" if self.tta else None,
+            "test_time_augmentation": self.tta,
         }
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -208,23 +225,25 @@ class Predictor:
             return self.onnx(x)
         return self.model(x).float()
 
-    def predict_tensor(self, images: torch.Tensor, batch_size: int = 256, tta: Optional[bool] = None
+    def predict_tensor(self, images: torch.Tensor, batch_size: int = 256, tta: "bool | str | None" = None
                        ) -> torch.Tensor:
         """Class probabilities ``(N, C)`` for uint8 ``(N, 3, H, W)`` images of any size (e.g. scene tiles).
 
-        ``tta`` overrides the predictor's test-time augmentation for this call (None: ``self.tta``).
+        ``tta`` overrides the predictor's test-time augmentation for this call (None: ``self.tta``;
+        otherwise as in :meth:`resolve_tta`).
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"Expected a uint8 batch (N, 3, H, W); got shape {tuple(images.shape)}.")
-        tta = self.tta if tta is None else tta
+        mode = self.tta if tta is None else self.resolve_tta(tta)
         out = []
         with self._lock, torch.inference_mode():
             for start in range(0, images.shape[0], batch_size):
                 x = preprocess(images[start:start + batch_size].to(self.device), self.input_size, self.mean,
                                self.std, self.memory_format)
-                if tta:  # mean probability over the 8 flips/rotations of each patch
+                if mode:  # mean probability over the flips/rotations of each patch
                     n = x.shape[0]
-                    probs = torch.softmax(self._forward(d4_views(x)), dim=1).view(8, n, -1).mean(0)
+                    views = self._forward(tta_views(x, mode))
+                    probs = torch.softmax(views, dim=1).view(len(TTA_MODES[mode]), n, -1).mean(0)
                 else:
                     probs = torch.softmax(self._forward(x), dim=1)
                 out.append(probs.cpu())

@@ -337,7 +337,7 @@ class SceneMap:
 
 
 def map_scene(predictor: "Predictor", scene: Scene, stride: int = PATCH_SIZE_PX, batch_size: int = 256,
-              progress: Optional[bool] = None, tta: bool = False) -> SceneMap:
+              progress: Optional[bool] = None, tta: "bool | str" = False) -> SceneMap:
     """Classify every tile of ``scene`` and average overlapping tiles per cell.
 
     Args:
@@ -346,7 +346,8 @@ def map_scene(predictor: "Predictor", scene: Scene, stride: int = PATCH_SIZE_PX,
         stride: Tile step in px; must divide the patch size (64). Smaller = finer map, more tiles.
         batch_size: Tiles per forward pass (bounds memory).
         progress: Show a tqdm bar on stderr (default: when there are more than 4 batches).
-        tta: Average the 8 flips/rotations of every tile (8x the compute). Off by default for scenes,
+        tta: Average flips/rotations of every tile (True: the model's mode or d4, or a mode name; see
+            ``Predictor.resolve_tta``; up to 8x the compute). Off by default for scenes,
             whatever the model's config says: maps are about throughput, and overlapping strides
             already average neighbouring views of each cell.
 
@@ -647,7 +648,7 @@ def check_same_grid(before: Scene, after: Scene) -> None:
 
 def detect_change(predictor: "Predictor", before: Scene, after: Scene, stride: int = PATCH_SIZE_PX,
                   batch_size: int = 256, min_confidence: float = 0.5, progress: Optional[bool] = None,
-                  tta: bool = False) -> ChangeResult:
+                  tta: "bool | str" = False) -> ChangeResult:
     """Map both scenes on the same grid and compare them (see :class:`ChangeResult`)."""
     if not 0.0 <= min_confidence <= 1.0:
         raise ValueError(f"--min-confidence must be between 0 and 1, got {min_confidence}.")
@@ -726,9 +727,10 @@ def _add_common(p, model_help: str) -> None:
                    help="Ground pixel size in metres (default: from the GeoTIFF, else 10 m assumed).")
     p.add_argument("--backend", default="torch", choices=("torch", "onnx"),  # predict.BACKENDS (torch-free here)
                    help="Inference backend (onnx: exported once and cached; often faster on CPU).")
-    p.add_argument("--tta", action="store_true",
-                   help="Average the 8 flips/rotations of every tile (8x slower). Maps use one pass by default, "
-                        "even for models whose config asks for test-time augmentation on single patches.")
+    p.add_argument("--tta", nargs="?", const=True, default=False, choices=("hflip", "flips", "d4"), metavar="MODE",
+                   help="Average flips/rotations of every tile (hflip: 2 views, flips: 4, d4: 8; bare --tta: the "
+                        "model's mode or d4). Maps use one pass by default, even for models whose config asks for "
+                        "test-time augmentation on single patches.")
     p.add_argument("--json", action="store_true", help="Print one JSON object on stdout.")
     p.add_argument("--no-progress", action="store_true", help="No progress bar.")
 

@@ -83,17 +83,32 @@ def _dihedral_masked(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def d4_views(x: torch.Tensor) -> torch.Tensor:
-    """The 8 symmetries of the square of every image, stacked view-major: ``(8 * N, C, H, W)``.
+# Test-time augmentation modes: which of the 8 symmetries (numbered as in :func:`dihedral`) are averaged.
+# Each is a subgroup of D4, so the averaged prediction is itself invariant to those symmetries.
+TTA_MODES: dict[str, tuple[int, ...]] = {
+    "hflip": (0, 4),  # identity, horizontal flip
+    "flips": (0, 2, 4, 6),  # identity, 180-degree turn, horizontal and vertical flips
+    "d4": tuple(range(8)),  # all 4 rotations and their mirror images
+}
 
-    View ``g`` of image ``i`` is row ``g * N + i`` (same ``g`` numbering as :func:`dihedral`); used for
-    test-time augmentation, whose probabilities are the mean over the 8 views.
+
+def tta_views(x: torch.Tensor, mode: str = "d4") -> torch.Tensor:
+    """The symmetries of ``mode`` (see ``TTA_MODES``) of every image, stacked view-major.
+
+    View ``v`` of image ``i`` is row ``v * N + i``; the prediction is the mean probability over views.
     """
+    if mode not in TTA_MODES:
+        raise ValueError(f"Unknown test-time augmentation {mode!r}; expected one of {sorted(TTA_MODES)}.")
     views = []
-    for g in range(8):
+    for g in TTA_MODES[mode]:
         v = torch.rot90(x, g % 4, dims=(-2, -1))
         views.append(torch.flip(v, dims=(-1,)) if g >= 4 else v)
     return torch.cat(views)
+
+
+def d4_views(x: torch.Tensor) -> torch.Tensor:
+    """All 8 symmetries of the square of every image, ``(8 * N, C, H, W)`` (``tta_views(x, "d4")``)."""
+    return tta_views(x, "d4")
 
 
 def resample_matrix(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:

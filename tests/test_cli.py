@@ -116,3 +116,28 @@ def test_missing_model_and_image_are_clear_errors(tmp_path, tiny_model_dir):
                         "error:", "neither a local folder nor a Hub id")
     _assert_clean_error(run("-m", "landcover", "predict", "--model", str(tiny_model_dir), str(tmp_path / "x.png")),
                         "error:", "x.png")
+
+
+def test_evaluate_tta_mode_record_and_no_tta(tiny_model_dir, eurosat_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    common = ("-m", "landcover", "evaluate", "--model", str(folder), "--data", str(eurosat_folder), "--json")
+    proc = run(*common, "--tta", "flips", "--record")
+    assert proc.returncode == 0, proc.stderr
+    recorded = json.loads(proc.stdout)
+    assert recorded["test_time_augmentation"] == "flips"
+    config = json.loads((folder / "config.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert config["test_time_augmentation"] == metrics["test_time_augmentation"] == "flips"
+    assert metrics["test"]["accuracy"] == recorded["accuracy"]
+    assert "test-time augmentation `flips`" in (folder / "README.md").read_text()
+    # From now on the folder's own setting applies; --no-tta gives the single-pass figure kept aside.
+    again = json.loads(run(*common).stdout)
+    assert again["test_time_augmentation"] == "flips" and again["accuracy"] == recorded["accuracy"]
+    plain = json.loads(run(*common, "--no-tta").stdout)
+    assert plain["test_time_augmentation"] is None
+    assert plain["accuracy"] == metrics["test_without_tta"]["accuracy"]
+    bad = run(*common, "--tta", "rot45")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr

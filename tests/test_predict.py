@@ -63,20 +63,30 @@ def test_channels_last_gives_the_same_probabilities(tiny_model_dir, predictor):
     assert torch.allclose(cl.predict_tensor(batch), predictor.predict_tensor(batch), atol=1e-5)
 
 
-def test_test_time_augmentation_comes_from_config_and_can_be_overridden(tiny_model_dir, predictor, tmp_path):
+def _symmetries(batch: torch.Tensor, codes) -> list[torch.Tensor]:
+    """rot90 by ``g % 4``, then a horizontal flip when ``g >= 4`` (the numbering of landcover.transforms)."""
+    views = [torch.rot90(batch, g % 4, dims=(-2, -1)) for g in codes]
+    return [(torch.flip(v, dims=(-1,)) if g >= 4 else v).contiguous() for g, v in zip(codes, views)]
+
+
+@pytest.mark.parametrize("mode,codes", [("d4", range(8)), ("flips", (0, 2, 4, 6)), ("hflip", (0, 4))])
+def test_test_time_augmentation_comes_from_config_and_can_be_overridden(tiny_model_dir, predictor, tmp_path,
+                                                                        mode, codes):
     folder = tmp_path / "tta_model"
     shutil.copytree(tiny_model_dir, folder)
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "test_time_augmentation": "d4"}))
+    (folder / "config.json").write_text(json.dumps({**config, "test_time_augmentation": mode}))
     tta = Predictor.load(str(folder))
-    assert tta.tta and not predictor.tta and tta.info["test_time_augmentation"] == "d4"
+    assert tta.tta == mode and predictor.tta is None and tta.info["test_time_augmentation"] == mode
     batch = _as_tensor(_images(3, size=predictor.input_size))
-    views = [torch.rot90(batch, g % 4, dims=(-2, -1)) for g in range(8)]
-    views = [torch.flip(v, dims=(-1,)) if g >= 4 else v for g, v in enumerate(views)]
-    expected = torch.stack([predictor.predict_tensor(v.contiguous()) for v in views]).mean(0)  # mean over views
+    expected = torch.stack([predictor.predict_tensor(v) for v in _symmetries(batch, codes)]).mean(0)
     torch.testing.assert_close(tta.predict_tensor(batch), expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(tta.predict_tensor(batch, tta=False), predictor.predict_tensor(batch), rtol=0, atol=0)
-    torch.testing.assert_close(predictor.predict_tensor(batch, tta=True), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(predictor.predict_tensor(batch, tta=mode), expected, rtol=0, atol=1e-5)
+    full = torch.stack([predictor.predict_tensor(v) for v in _symmetries(batch, range(8))]).mean(0)
+    torch.testing.assert_close(predictor.predict_tensor(batch, tta=True), full, rtol=0, atol=1e-5)  # no mode: d4
+    with pytest.raises(ValueError, match="hflip"):
+        predictor.predict_tensor(batch, tta="rot45")
 
 
 def test_unknown_backend_is_a_value_error(tiny_model_dir):
