@@ -106,11 +106,6 @@ def tta_views(x: torch.Tensor, mode: str = "d4") -> torch.Tensor:
     return torch.cat(views)
 
 
-def d4_views(x: torch.Tensor) -> torch.Tensor:
-    """All 8 symmetries of the square of every image, ``(8 * N, C, H, W)`` (``tta_views(x, "d4")``)."""
-    return tta_views(x, "d4")
-
-
 def resample_matrix(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:
     """Antialiased bilinear weights ``(N, out_size, in_size)`` mapping ``[start, start + length)`` to ``out_size``.
 
@@ -141,7 +136,9 @@ def crop_resize_d4(images: torch.Tensor, size: int, min_scale: float, k: torch.T
     Crop + resize along one axis is a linear map, so a view is ``Wy @ src @ Wx^T`` (antialiased bilinear
     weights from :func:`resample_matrix`) with ``src`` the image or its transpose: two batched matmuls,
     about 2x faster than ``grid_sample`` on one CPU thread and exact at the borders. The flips reverse
-    the rows of ``Wy``/``Wx``. Non-square images skip the transpose (4 symmetries). Returns floats in [0, 1].
+    the rows of ``Wy``/``Wx``. ``k`` in 0..7 selects transpose (bit 0), vertical flip (bit 1) and horizontal
+    flip (bit 2): the same 8 symmetries as :func:`dihedral`, numbered differently. Non-square images
+    skip the transpose (4 symmetries). Returns floats in [0, 1].
     """
     n, _, h, w = images.shape
     side, start = _crop_params(n, min_scale, images.device, generator)
