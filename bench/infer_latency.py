@@ -136,11 +136,14 @@ def bench_model(name: str, root: Path, args) -> list[tuple]:
 
     folder, note = make_folder(name, root)
     t = time.perf_counter()
-    torch_p = Predictor.load(str(folder), threads=args.threads)
+    # One pass per patch for the like-for-like rows; the model's own TTA (if any) gets a row of its own.
+    torch_p = Predictor.load(str(folder), threads=args.threads, tta=False)
     load_torch = time.perf_counter() - t
     t = time.perf_counter()
-    onnx_p = Predictor.load(str(folder), backend="onnx", threads=args.threads)
+    onnx_p = Predictor.load(str(folder), backend="onnx", threads=args.threads, tta=False)
     load_onnx = time.perf_counter() - t
+    tta_mode = onnx_p.model_tta
+    tta_p = Predictor.load(str(folder), backend="onnx", threads=args.threads) if tta_mode else None
     threads = onnx_p.onnx.threads
     raw = RawOnnx(onnx_p.onnx.path, threads, onnx_p.mean, onnx_p.std)
     flask = FlaskStyle(folder)
@@ -159,6 +162,8 @@ def bench_model(name: str, root: Path, args) -> list[tuple]:
         variants = {"project torch": lambda im=images: torch_p.predict(im),
                     "project onnx": lambda im=images: onnx_p.predict(im),
                     "raw onnxruntime": lambda im=images: raw(im)}
+        if tta_p is not None:
+            variants[f"onnx + tta {tta_mode}"] = lambda im=images: tta_p.predict(im)
         slow = {}
         if not args.skip_flask:
             variants["flask-style"] = lambda im=images: flask(im)
@@ -170,7 +175,7 @@ def bench_model(name: str, root: Path, args) -> list[tuple]:
 
 def print_rows(rows: list[tuple]) -> None:
     for model, case, name, n, med, p95, ratio in rows:
-        print(f"{model:20s} {case:9s} {name:16s} n={n:4d}  median {med:9.2f} ms  p95 {p95:9.2f} ms  "
+        print(f"{model:20s} {case:9s} {name:18s} n={n:4d}  median {med:9.2f} ms  p95 {p95:9.2f} ms  "
               f"{ratio:7.2f}x raw ORT", flush=True)
 
 
