@@ -60,6 +60,8 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", default="torch", choices=("torch", "onnx"), help="Inference backend.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
     parser.add_argument("--repeat", type=int, default=2, help="Timed runs per batch size (best is reported).")
+    parser.add_argument("--tta", nargs="?", const=True, default=False, choices=("hflip", "flips", "d4"),
+                        help="Test-time augmentation per tile, as `map --tta` (default: one pass, as `map`).")
     parser.add_argument("--json", action="store_true", help="Print one JSON object.")
     args = parser.parse_args(argv)
 
@@ -77,16 +79,16 @@ def main(argv=None) -> int:
         with sc.open_scene(path) as scene:
             rows, cols = sc.tile_grid(scene.height, scene.width, stride=args.stride)
             tiles = torch.from_numpy(np.concatenate([t for _, _, t in sc.iter_tiles(scene, args.stride, 4096)]))
-            predictor.predict_tensor(tiles[:64], batch_size=64)  # warm-up (allocations, kernels)
+            predictor.predict_tensor(tiles[:64], batch_size=64, tta=args.tta)  # warm-up (allocations, kernels)
             for bs in [int(b) for b in args.batch_sizes.split(",")]:
                 best_map = best_model = best_cpu = float("inf")
                 for _ in range(args.repeat):
                     t0, c0 = time.perf_counter(), time.process_time()
-                    sc.map_scene(predictor, scene, args.stride, batch_size=bs, progress=False)
+                    sc.map_scene(predictor, scene, args.stride, batch_size=bs, progress=False, tta=args.tta)
                     best_map = min(best_map, time.perf_counter() - t0)
                     best_cpu = min(best_cpu, time.process_time() - c0)
                     t0 = time.perf_counter()
-                    predictor.predict_tensor(tiles, batch_size=bs)
+                    predictor.predict_tensor(tiles, batch_size=bs, tta=args.tta)
                     best_model = min(best_model, time.perf_counter() - t0)
                 results.append({"batch_size": bs, "map_patches_per_s": round(rows * cols / best_map, 1),
                                 "model_patches_per_s": round(rows * cols / best_model, 1),
@@ -95,6 +97,7 @@ def main(argv=None) -> int:
                                 "map_patches_per_s_if_idle": round(rows * cols * threads / best_cpu, 1)})
     report = {"scene_px": args.size, "stride": args.stride, "patches": rows * cols,
               "model": predictor.info.get("architecture"), "backend": args.backend,
+              "tta": predictor.resolve_tta(args.tta),
               "input_size": predictor.input_size,
               "source": "real EuroSAT mosaic" if args.data else "random texture",
               "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
@@ -103,7 +106,7 @@ def main(argv=None) -> int:
         print(json.dumps(report))
     else:
         print(f"{report['patches']} patches ({args.size}x{args.size} px, stride {args.stride}), model "
-              f"{report['model']} @ {report['input_size']} px ({args.backend}), "
+              f"{report['model']} @ {report['input_size']} px ({args.backend}, tta {report['tta']}), "
               f"{report['torch_threads']} torch threads, load average {report['load_average']}")
         for r in results:
             print(f"  batch {r['batch_size']:5d}: map {r['map_patches_per_s']:8.1f} patches/s "
