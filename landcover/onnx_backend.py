@@ -117,6 +117,8 @@ def session_options(threads: Optional[int] = None):
     so.intra_op_num_threads = threads or default_threads()
     so.inter_op_num_threads = 1  # one graph at a time; parallelism is inside the ops
     so.log_severity_level = 3
+    # No busy-waiting between runs: torch ops (preprocessing, softmax) run on the same cores right after.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 
