@@ -66,17 +66,23 @@ def make_folder(name: str, root: Path) -> tuple[Path, str]:
 class RawOnnx:
     """The minimum: numpy preprocessing + ``session.run`` + numpy softmax."""
 
-    def __init__(self, path: Path, threads: int, mean, std):
+    def __init__(self, path: Path, threads: int, mean, std, input_size: int, patch_size: int = 64):
         from landcover.onnx_backend import session_options
+        from landcover.transforms import resample_matrix
         import onnxruntime as ort
 
         self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1) * 255.0
         self.scale = 1.0 / (np.asarray(std, np.float32).reshape(1, 3, 1, 1) * 255.0)
+        # A model input larger than the patch: the same bilinear upsampling as a fixed (S, 64) matrix.
+        self.resize = None if input_size == patch_size else resample_matrix(
+            torch.zeros(1), torch.full((1,), float(patch_size)), patch_size, input_size)[0].numpy()
 
     def __call__(self, images: list[Image.Image]) -> np.ndarray:
         x = np.stack([np.asarray(im.convert("RGB")) for im in images]).transpose(0, 3, 1, 2).astype(np.float32)
+        if self.resize is not None:
+            x = self.resize @ x @ self.resize.T
         logits = self.session.run(None, {self.input: (x - self.mean) * self.scale})[0]
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
@@ -145,7 +151,7 @@ def bench_model(name: str, root: Path, args) -> list[tuple]:
     tta_mode = onnx_p.model_tta
     tta_p = Predictor.load(str(folder), backend="onnx", threads=args.threads) if tta_mode else None
     threads = onnx_p.onnx.threads
-    raw = RawOnnx(onnx_p.onnx.path, threads, onnx_p.mean, onnx_p.std)
+    raw = RawOnnx(onnx_p.onnx.path, threads, onnx_p.mean, onnx_p.std, onnx_p.input_size)
     flask = FlaskStyle(folder)
     arch = torch_p.info["architecture"]
     print(f"\n{arch}: {note}; load torch {load_torch:.1f}s, onnx {load_onnx:.1f}s (export on first use, "

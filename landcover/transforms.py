@@ -117,8 +117,9 @@ def resample_matrix(start: torch.Tensor, length: torch.Tensor, in_size: int, out
     centre = start.unsqueeze(1) + (torch.arange(out_size, device=start.device) + 0.5) * scale - 0.5
     support = scale.clamp_min(1.0).unsqueeze(2)
     pixels = torch.arange(in_size, device=start.device, dtype=centre.dtype)
-    weights = (1.0 - (pixels - centre.unsqueeze(2)).abs() / support).clamp_min_(0.0)
-    return weights / weights.sum(2, keepdim=True)
+    # 1 - |pixel - centre| / support, clamped at 0, with in-place steps (this runs on every training batch).
+    weights = (pixels - centre.unsqueeze(2)).abs_().div_(support).neg_().add_(1.0).clamp_min_(0.0)
+    return weights.div_(weights.sum(2, keepdim=True))
 
 
 def _crop_params(n: int, min_scale: float, device: torch.device, generator: torch.Generator
