@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Optional
 
-from landcover.predict import Predictor
+from landcover.predict import load_predictor
 from landcover.ui import build_app, build_demo, serve
 
 
@@ -39,14 +39,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 ARGS = parse_args(None if __name__ == "__main__" else [])
 try:
-    try:
-        predictor = Predictor.load(ARGS.model, backend=ARGS.backend)
-    except (FileNotFoundError, ValueError):
-        raise
-    except Exception as err:  # an ONNX export problem must not take the app down: serve with torch
-        print(f"warning: {ARGS.backend} backend unavailable ({type(err).__name__}: {err}); using torch",
-              file=sys.stderr)
-        predictor = Predictor.load(ARGS.model, backend="torch")
+    predictor = load_predictor(ARGS.model, backend=ARGS.backend)  # ONNX export problems fall back to torch
 except (FileNotFoundError, ValueError) as err:
     sys.exit(f"error: cannot load the model: {err}")
 demo = build_demo(predictor, ARGS.examples)

@@ -8,6 +8,7 @@ batch 1 on small models) and an optional micro-batcher (``batching=True``) that 
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -283,6 +284,23 @@ class Predictor:
                 im.load()
                 images.append(im)
         return self.predict(images, top_k=top_k)
+
+
+def load_predictor(ref: Optional[str] = None, backend: str = "onnx", **options) -> Predictor:
+    """:meth:`Predictor.load`, falling back to the torch backend if the ONNX export or session fails.
+
+    The fast path must not take a tool down: an architecture the exporter cannot handle still serves,
+    with a warning on stderr. Errors about the model itself (missing, unreadable) are raised as usual.
+    """
+    try:
+        return Predictor.load(ref, backend=backend, **options)
+    except (FileNotFoundError, ValueError):
+        raise
+    except Exception as err:
+        if backend == "torch":
+            raise
+        print(f"warning: {backend} backend unavailable ({type(err).__name__}: {err}); using torch", file=sys.stderr)
+        return Predictor.load(ref, backend="torch", **options)
 
 
 def _is_packaged(folder: Path) -> bool:

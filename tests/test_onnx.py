@@ -14,7 +14,7 @@ from PIL import Image
 
 from landcover.labels import EUROSAT_CLASSES
 from landcover.onnx_backend import CACHE_SUBDIR, cache_path, user_cache_dir
-from landcover.predict import Predictor
+from landcover.predict import Predictor, load_predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,3 +102,14 @@ def test_cli_predict_backend_onnx_matches_torch(model_copy, tmp_path):
         out[backend] = json.loads(proc.stdout)[0]["probabilities"]
     assert list(out["onnx"]) == list(out["torch"])
     assert list(out["onnx"].values()) == pytest.approx(list(out["torch"].values()), abs=1e-4)
+
+
+def test_load_predictor_falls_back_to_torch_when_the_export_cannot_be_written(model_copy, capsys):
+    (model_copy / CACHE_SUBDIR).write_text("a file where the cache folder should be")  # export fails: OSError
+    predictor = load_predictor(str(model_copy))
+    assert predictor.backend == "torch" and predictor.onnx is None
+    assert "onnx backend unavailable" in capsys.readouterr().err
+    batch = _batch(2, 32)
+    assert torch.allclose(predictor.predict_tensor(batch), Predictor.load(str(model_copy)).predict_tensor(batch))
+    with pytest.raises(FileNotFoundError):  # a missing model is an error, not a reason to switch backends
+        load_predictor(str(model_copy / "missing"))
