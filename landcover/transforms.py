@@ -152,7 +152,7 @@ def crop_resize_d4(images: torch.Tensor, size: int, min_scale: float, k: torch.T
     src_t = images.transpose(-1, -2)  # src^T for each sample: the image itself where src is its transpose
     if h == w:
         src_t = torch.where(transpose.view(n, 1, 1, 1), images, src_t)
-    src_t = src_t.float()  # (N, 3, W, H), contiguous
+    src_t = src_t.to(torch.float32, memory_format=torch.contiguous_format)  # (N, 3, W, H) for the views below
     cols = torch.bmm(src_t.view(n, 3 * w, h), wy.transpose(1, 2))  # (Wy src)^T: (N, 3 * W, size)
     rows = cols.view(n, 3, w, size).transpose(-1, -2).contiguous()  # Wy src: (N, 3, size, W)
     return torch.bmm(rows.view(n, 3 * size, w), wx.transpose(1, 2)).view(n, 3, size, size)

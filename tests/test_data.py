@@ -219,3 +219,13 @@ def test_color_jitter_equals_the_sequential_definition():
     torch.testing.assert_close(got, _color_jitter_reference(x, 0.4, make_generator(7)), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="RGB"):
         color_jitter(torch.rand(2, 1, 4, 4), 0.1, make_generator(0))
+
+
+def test_augment_accepts_any_memory_layout_and_non_square_images():
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(8))
+    reference = augment(images, 24, MEAN, STD, make_generator(3))
+    for layout in (images.contiguous(memory_format=torch.channels_last), images.transpose(-1, -2).transpose(-1, -2)):
+        torch.testing.assert_close(augment(layout, 24, MEAN, STD, make_generator(3)), reference, rtol=0, atol=1e-6)
+    wide = torch.randint(0, 256, (6, 3, 12, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(9))
+    out = augment(wide, 16, MEAN, STD, make_generator(3))
+    assert out.shape == (6, 3, 16, 16) and bool(torch.isfinite(out).all())
