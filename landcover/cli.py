@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .config import TrainConfig, add_dataclass_arguments
+from .config import TTA_MODES, TrainConfig, add_dataclass_arguments, tta_choices_help
 
 
 def train_main(argv: Optional[list[str]] = None) -> int:
@@ -106,10 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "recorded with the model (splits.json) when there is one.")
     ev.add_argument("--batch-size", type=int, default=256, help="Images per forward pass.")
     ev.add_argument("--json", action="store_true", help="Print one JSON object.")
-    ev.add_argument("--tta", nargs="?", const=True, default=None, choices=("hflip", "flips", "d4"),
-                    metavar="MODE", help="Test-time augmentation: mean probability over the views of MODE (hflip: 2, "
-                                         "flips: 4, d4: 8 flips/rotations; bare --tta: the model's mode or d4). "
-                                         "Default: the model's setting (config.json).")
+    ev.add_argument("--tta", nargs="?", const=True, default=None, choices=tuple(TTA_MODES), metavar="MODE",
+                    help=f"Test-time augmentation: mean probability over the views of MODE ({tta_choices_help()}; "
+                         f"bare --tta: the model's mode or d4). Default: the model's setting (config.json).")
     ev.add_argument("--no-tta", dest="tta", action="store_const", const=False, help="One pass per image.")
     ev.add_argument("--record", action="store_true",
                     help="Write this test evaluation into the model folder (metrics.json, config.json's "

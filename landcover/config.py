@@ -22,6 +22,27 @@ DEFAULT_DATASET = "timm/eurosat-rgb"
 DEFAULT_MODEL = "wide_resnet50_2.racm_in1k"
 
 
+class TTAMode(typing.NamedTuple):
+    symmetries: tuple[int, ...]  # which of the 8 symmetries of the square (see transforms.tta_views)
+    description: str  # in words, for the model card
+
+
+# Test-time augmentation modes, here (torch-free) so the CLIs can offer them without importing torch. Each
+# is a subgroup of D4, so the averaged prediction is itself invariant to those symmetries. Symmetry g is a
+# rot90 by g % 4, then a horizontal flip when g >= 4.
+TTA_MODES: dict[str, TTAMode] = {
+    "hflip": TTAMode((0, 4), "the patch and its mirror image"),
+    "flips": TTAMode((0, 2, 4, 6), "the patch, its two mirror images and its 180-degree turn"),
+    "d4": TTAMode(tuple(range(8)), "the 8 flips/rotations"),
+}
+
+
+def tta_choices_help() -> str:
+    """``hflip: 2 views, flips: 4, d4: 8`` (for --tta help texts)."""
+    return ", ".join(f"{name}: {len(mode.symmetries)}{' views' if i == 0 else ''}"
+                     for i, (name, mode) in enumerate(TTA_MODES.items()))
+
+
 def _flag(default: Any, help: str, **extra: Any) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **extra})

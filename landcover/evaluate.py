@@ -27,7 +27,7 @@ def evaluate_model(model: Optional[str], data: str, split: str = "test", batch_s
     """Accuracy, per-class metrics and confusion matrix of ``model`` on ``split`` of ``data``.
 
     ``tta``: None = the model's own test-time augmentation, False = none, True or a mode name
-    (``hflip``, ``flips``, ``d4``; see ``landcover.transforms.TTA_MODES``).
+    (``hflip``, ``flips``, ``d4``; see ``landcover.config.TTA_MODES``).
     """
     predictor = Predictor.load(model, backend=backend, tta=tta)
     labels = predictor.labels

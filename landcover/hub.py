@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
+from .config import TTA_MODES
 from .labels import EUROSAT_CLASSES, EUROSAT_DESCRIPTIONS
 from .model import count_parameters, create_model, data_config
 
@@ -228,10 +229,6 @@ def _previous_stages(init_checkpoint: Optional[str]) -> list[dict]:
     return []
 
 
-TTA_DESCRIPTIONS = {"hflip": "the patch and its mirror image", "flips": "the patch, its two mirror images and its "
-                    "180-degree turn", "d4": "the 8 flips/rotations"}
-
-
 def record_test_evaluation(folder: str | Path, result: dict) -> None:
     """Make a test evaluation (``evaluate_model`` output) the folder's reported one.
 
@@ -314,7 +311,8 @@ def build_model_card(folder: Path, cfg, metrics: dict, label_names: list[str]):
     mode = metrics.get("test_time_augmentation")
     if mode:
         plain = metrics.get("test_without_tta", {}).get("accuracy")
-        tta_text = (f"test-time augmentation `{mode}`: mean probability over {TTA_DESCRIPTIONS.get(mode, mode)} "
+        views = TTA_MODES[mode].description if mode in TTA_MODES else mode
+        tta_text = (f"test-time augmentation `{mode}`: mean probability over {views} "
                     f"(set in config.json" + (f"; {plain:.4f} test accuracy without it)" if plain is not None else ")"))
     else:
         tta_text = "one forward pass per patch"

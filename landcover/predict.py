@@ -20,7 +20,8 @@ from PIL import Image, ImageOps
 
 from .hub import DEFAULT_MODEL_DIR, LoadedModel, load_model
 from .model import data_config
-from .transforms import TTA_MODES, preprocess, resize_uint8, tta_views
+from .config import TTA_MODES
+from .transforms import preprocess, resize_uint8, tta_views
 
 BACKENDS = ("torch", "onnx")
 
@@ -190,7 +191,7 @@ class Predictor:
 
     def resolve_tta(self, tta: "bool | str | None") -> Optional[str]:
         """Test-time augmentation mode for ``tta``: None = the model's own (config.json), False = none,
-        True = the model's mode or ``d4``, or a mode name from ``landcover.transforms.TTA_MODES``."""
+        True = the model's mode or ``d4``, or a mode name from ``landcover.config.TTA_MODES``."""
         if tta is None:
             mode = self.model_tta
         elif tta is True:
@@ -244,7 +245,7 @@ class Predictor:
                 if mode:  # mean probability over the flips/rotations of each patch
                     n = x.shape[0]
                     views = self._forward(tta_views(x, mode))
-                    probs = torch.softmax(views, dim=1).view(len(TTA_MODES[mode]), n, -1).mean(0)
+                    probs = torch.softmax(views, dim=1).view(len(TTA_MODES[mode].symmetries), n, -1).mean(0)
                 else:
                     probs = torch.softmax(self._forward(x), dim=1)
                 out.append(probs.cpu())

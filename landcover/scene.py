@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .config import TTA_MODES, tta_choices_help
 from .labels import CLASS_COLOURS, GROUND_SAMPLING_M, PATCH_SIZE_PX
 
 if TYPE_CHECKING:
@@ -728,10 +729,10 @@ def _add_common(p, model_help: str) -> None:
     p.add_argument("--backend", default="onnx", choices=("torch", "onnx"),  # predict.BACKENDS (torch-free here)
                    help="Inference backend (default onnx: ONNX Runtime, exported once and cached, 5.5x torch's "
                         "tiles/s on 2 CPU cores; falls back to torch if the export fails).")
-    p.add_argument("--tta", nargs="?", const=True, default=False, choices=("hflip", "flips", "d4"), metavar="MODE",
-                   help="Average flips/rotations of every tile (hflip: 2 views, flips: 4, d4: 8; bare --tta: the "
-                        "model's mode or d4). Maps use one pass by default, even for models whose config asks for "
-                        "test-time augmentation on single patches.")
+    p.add_argument("--tta", nargs="?", const=True, default=False, choices=tuple(TTA_MODES), metavar="MODE",
+                   help=f"Average flips/rotations of every tile ({tta_choices_help()}; bare --tta: the model's mode "
+                        f"or d4). Maps use one pass by default, even for models whose config asks for test-time "
+                        f"augmentation on single patches.")
     p.add_argument("--json", action="store_true", help="Print one JSON object on stdout.")
     p.add_argument("--no-progress", action="store_true", help="No progress bar.")
 

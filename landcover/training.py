@@ -25,7 +25,7 @@ from .config import TrainConfig
 from .data import EuroSAT, Patches, TensorPatches, collate_batch, load_eurosat
 from .metrics import confusion_matrix, report
 from .model import create_model, data_config, set_backbone_frozen, train_mode
-from .transforms import augment, make_generator, preprocess
+from .transforms import augment, make_generator, preprocess, retain_freed_host_memory
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def train_one_epoch(accelerator, model, loader, optimizer, scheduler, criterion,
     train_mode(accelerator.unwrap_model(model, keep_torch_compile=False))
     # Per-epoch seeds (not a running RNG) make a resumed run replay exactly the same epochs.
     torch.manual_seed(cfg.seed * 1000 + epoch * 10 + accelerator.process_index)
-    gen = make_generator(cfg.seed * 7919 + epoch * 104729 + accelerator.process_index, accelerator.device)
+    gen = make_generator(cfg.seed * 7919 + epoch * 104729 + accelerator.process_index)  # host-side parameters
     loader.set_epoch(epoch)
     loss_sum = torch.zeros((), device=accelerator.device)
     correct = torch.zeros((), device=accelerator.device, dtype=torch.long)
@@ -285,6 +285,8 @@ def train(cfg: TrainConfig) -> Optional[TrainResult]:
     """
     run_start = time.perf_counter()
     accelerator = make_accelerator(cfg)
+    if accelerator.device.type == "cpu":
+        retain_freed_host_memory()  # the batch temporaries would be page-faulted in again every step
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     with accelerator.main_process_first():  # the first process builds the datasets cache
         data = load_eurosat(cfg.dataset, seed=cfg.seed, val_fraction=cfg.val_fraction,
