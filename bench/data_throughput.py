@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     parser.add_argument("--image-size", type=int, default=64, help="Model input size.")
     parser.add_argument("--epochs", type=int, default=2, help="Epochs timed per loader.")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (same for both).")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="Leave glibc's malloc thresholds alone (training raises them on a CPU).")
     parser.add_argument("--naive-workers", type=int, default=0, help="DataLoader workers of the naive loader.")
     args = parser.parse_args(argv)
     root = Path(args.data).expanduser()
@@ -118,9 +120,15 @@ def main(argv=None) -> int:
         print(f"error: --data {root} is not a folder; expected the EuroSAT imagefolder.", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
+    # What training does on a CPU (landcover.training.train), set once for both loaders: same process, same allocator.
+    from landcover.transforms import retain_freed_host_memory
+
+    allocator = "default allocator"
+    if not args.default_allocator and retain_freed_host_memory():
+        allocator = "glibc malloc keeps freed memory (as in training)"
     paths, labels, classes = pick_files(root, args.n_images, seed=0)
     print(f"{len(paths)} images from {root}, batch {args.batch_size}, {args.image_size} px, "
-          f"{args.threads} thread(s), {args.epochs} epochs each")
+          f"{args.threads} thread(s), {args.epochs} epochs each; {allocator}")
 
     naive = naive_loader(paths, labels, args)
     project = project_loader(paths, labels, classes, args)

@@ -66,23 +66,20 @@ def make_folder(name: str, root: Path) -> tuple[Path, str]:
 class RawOnnx:
     """The minimum: numpy preprocessing + ``session.run`` + numpy softmax."""
 
-    def __init__(self, path: Path, threads: int, mean, std, input_size: int, patch_size: int = 64):
+    def __init__(self, path: Path, threads: int, mean, std, input_size: int):
         from landcover.onnx_backend import session_options
-        from landcover.transforms import resample_matrix
         import onnxruntime as ort
 
         self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1) * 255.0
         self.scale = 1.0 / (np.asarray(std, np.float32).reshape(1, 3, 1, 1) * 255.0)
-        # A model input larger than the patch: the same bilinear upsampling as a fixed (S, 64) matrix.
-        self.resize = None if input_size == patch_size else resample_matrix(
-            torch.zeros(1), torch.full((1,), float(patch_size)), patch_size, input_size)[0].numpy()
+        self.input_size = input_size  # a model input larger than the patch: PIL's bilinear resize
 
     def __call__(self, images: list[Image.Image]) -> np.ndarray:
-        x = np.stack([np.asarray(im.convert("RGB")) for im in images]).transpose(0, 3, 1, 2).astype(np.float32)
-        if self.resize is not None:
-            x = self.resize @ x @ self.resize.T
+        size = (self.input_size, self.input_size)
+        x = np.stack([np.asarray(im.convert("RGB") if im.size == size else im.convert("RGB").resize(size, Image.BILINEAR))
+                      for im in images]).transpose(0, 3, 1, 2).astype(np.float32)
         logits = self.session.run(None, {self.input: (x - self.mean) * self.scale})[0]
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
