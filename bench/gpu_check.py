@@ -66,7 +66,8 @@ def main(argv=None) -> int:
         cases.append(("compiled bf16 channels_last",
                       ["--steps", str(args.steps), "--warmup", "5", "--compile", "--skip-notebook"], 150))
     if args.baseline:
-        cases.append(("notebook-style fp32 (baseline)", ["--steps", "10", "--warmup", "2", "--workers", "8"], 90))
+        cases.append(("notebook-style fp32 (baseline)", ["--steps", "10", "--warmup", "2", "--workers", "8",
+                                                          "--data-batches", "30"], 90))
     results = []
     for label, extra, limit in cases:
         left = BUDGET_S - (time.perf_counter() - start)

@@ -74,15 +74,25 @@ class RawOnnx:
         self.input = self.session.get_inputs()[0].name
         self.mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1) * 255.0
         self.scale = 1.0 / (np.asarray(std, np.float32).reshape(1, 3, 1, 1) * 255.0)
-        self.input_size = input_size  # a model input larger than the patch: PIL's bilinear resize
+        self.input_size = input_size  # a model input larger than the patch: one fixed bilinear matrix per axis
 
     def __call__(self, images: list[Image.Image]) -> np.ndarray:
-        size = (self.input_size, self.input_size)
-        x = np.stack([np.asarray(im.convert("RGB") if im.size == size else im.convert("RGB").resize(size, Image.BILINEAR))
-                      for im in images]).transpose(0, 3, 1, 2).astype(np.float32)
+        x = np.stack([np.asarray(im.convert("RGB")) for im in images]).transpose(0, 3, 1, 2).astype(np.float32)
+        if x.shape[-1] != self.input_size:
+            resize = bilinear_matrix(x.shape[-1], self.input_size)
+            x = resize @ x @ resize.T
         logits = self.session.run(None, {self.input: (x - self.mean) * self.scale})[0]
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
+
+
+def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """``(out, in)`` weights of torch's antialiased bilinear resize (triangle filter widened when shrinking)."""
+    scale = in_size / out_size
+    centre = (np.arange(out_size) + 0.5) * scale - 0.5
+    support = max(scale, 1.0)
+    w = np.clip(1 - np.abs(np.arange(in_size)[None, :] - centre[:, None]) / support, 0, None)
+    return (w / w.sum(1, keepdims=True)).astype(np.float32)
 
 
 class FlaskStyle:
