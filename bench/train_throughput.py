@@ -228,10 +228,10 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="Also print one JSON line with all figures.")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
-    # What training does on a CPU (landcover.training.train), set once for both loaders: same process, same allocator.
+    # What training does on a CPU (landcover.training.train), set once for both loops: same process, same allocator.
     from landcover.transforms import retain_freed_host_memory
 
-    allocator = "glibc malloc keeps freed memory" if retain_freed_host_memory() else "default allocator"
+    allocator = "glibc malloc keeps freed memory" if not cuda and retain_freed_host_memory() else "default allocator"
     if args.precision == "auto":
         args.precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
     device = torch.device("cuda" if cuda else "cpu")

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .config import TTA_MODES
 from .hub import DEFAULT_MODEL_DIR, LoadedModel, load_model
 from .model import data_config
-from .config import TTA_MODES
 from .transforms import preprocess, resize_uint8, tta_views
 
 BACKENDS = ("torch", "onnx")
