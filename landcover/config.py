@@ -23,13 +23,13 @@ DEFAULT_MODEL = "wide_resnet50_2.racm_in1k"
 
 
 class TTAMode(typing.NamedTuple):
-    symmetries: tuple[int, ...]  # which of the 8 symmetries of the square (see transforms.tta_views)
+    symmetries: tuple[int, ...]  # which of the 8 symmetries of the square (codes of transforms.ViewParams)
     description: str  # in words, for the model card
 
 
 # Test-time augmentation modes, here (torch-free) so the CLIs can offer them without importing torch. Each
-# is a subgroup of D4, so the averaged prediction is itself invariant to those symmetries. Symmetry g is a
-# rot90 by g % 4, then a horizontal flip when g >= 4.
+# is a subgroup of D4, so the averaged prediction is itself invariant to those symmetries. Codes as in
+# training: bit 0 transposes, bit 1 flips vertically, bit 2 horizontally (so 6 is the 180-degree turn).
 TTA_MODES: dict[str, TTAMode] = {
     "hflip": TTAMode((0, 4), "the patch and its mirror image"),
     "flips": TTAMode((0, 2, 4, 6), "the patch, its two mirror images and its 180-degree turn"),

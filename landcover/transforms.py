@@ -41,21 +41,7 @@ def resize_uint8(img: torch.Tensor, size: int) -> torch.Tensor:
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
-def tta_views(x: torch.Tensor, mode: str = "d4") -> torch.Tensor:
-    """The symmetries of ``mode`` (see ``TTA_MODES``) of every image, stacked view-major.
-
-    View ``v`` of image ``i`` is row ``v * N + i``; the prediction is the mean probability over views.
-    """
-    if mode not in TTA_MODES:
-        raise ValueError(f"Unknown test-time augmentation {mode!r}; expected one of {sorted(TTA_MODES)}.")
-    views = []
-    for g in TTA_MODES[mode].symmetries:  # rot90 by g % 4, then a horizontal flip when g >= 4
-        v = torch.rot90(x, g % 4, dims=(-2, -1))
-        views.append(torch.flip(v, dims=(-1,)) if g >= 4 else v)
-    return torch.cat(views)
-
-
-# ---------------------------------------------------------------- training views
+# ---------------------------------------------------------------- symmetries, crops and training views
 
 CROP_GROUPS = 4  # crop sizes per batch: each run of ~N/4 images (the loader shuffles) shares one size
 
@@ -136,6 +122,23 @@ def _view_table(crop_h: int, crop_w: int, width: int, device: torch.device) -> t
             tables.append((y * width + x).reshape(-1))
         _VIEW_TABLES[key] = torch.stack(tables).to(device)
     return _VIEW_TABLES[key]
+
+
+def tta_views(x: torch.Tensor, mode: str = "d4") -> torch.Tensor:
+    """The symmetries of ``mode`` (see ``TTA_MODES``) of every square image, stacked view-major.
+
+    The same pixel tables as the training views (:func:`_view_table`), so a symmetry code means the
+    same thing in both. View ``v`` of image ``i`` is row ``v * N + i``; the prediction is the mean
+    probability over views.
+    """
+    if mode not in TTA_MODES:
+        raise ValueError(f"Unknown test-time augmentation {mode!r}; expected one of {sorted(TTA_MODES)}.")
+    n, c, h, w = x.shape
+    if h != w:
+        raise ValueError(f"Test-time augmentation needs square inputs; got {h} x {w}.")
+    table = _view_table(h, w, w, x.device)
+    flat = x.reshape(n, c, h * w)
+    return torch.cat([flat.index_select(2, table[g]) for g in TTA_MODES[mode].symmetries]).view(-1, c, h, w)
 
 
 def crop_resize_d4(images: torch.Tensor, size: int, params: ViewParams,
