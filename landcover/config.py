@@ -73,6 +73,14 @@ class TrainConfig:
     grad_accum: int = _flag(1, "Gradient accumulation steps.")
     crop_scale: float = _flag(0.8, "Smallest area fraction of the random crop (1.0 disables cropping).")
     jitter: float = _flag(0.1, "Strength of brightness/contrast/saturation jitter (0 disables it).")
+    radiometric: float = _flag(0.5, "Share of training images given a random radiometric change (gamma, haze, "
+                               "gain/offset per band, hue; see transforms.RADIOMETRY_RANGES), for robustness to "
+                               "other stretches, L2A products and hazy scenes (0 disables it).")
+    ema_decay: float = _flag(0.0, "Also keep an exponential moving average of the weights (timm ModelEmaV3) with "
+                             "this decay, e.g. 0.998; each epoch the better of EMA and raw weights on validation "
+                             "competes for best epoch (0 disables it).")
+    select_tta: bool = _flag(True, "After training, choose the test-time augmentation (none, hflip, flips, d4) on "
+                             "validation and fit one temperature per mode there (calibrated probabilities).")
     seed: int = _flag(42, "Seed for the split, initialisation, shuffling and augmentation.")
     val_fraction: float = _flag(0.1, "Validation fraction when the dataset has no validation split.")
     test_fraction: float = _flag(0.2, "Test fraction when the dataset has no test split.")

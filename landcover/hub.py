@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -182,6 +183,11 @@ def save_model_folder(result: "TrainResult", command: Optional[str] = None) -> P
     model_config = {"label_names": label_names}
     if label_names == list(EUROSAT_CLASSES):
         model_config["label_descriptions"] = EUROSAT_DESCRIPTIONS
+    # Inference settings chosen on validation travel with the weights: every Predictor of the folder uses them.
+    if result.metrics.get("test_time_augmentation"):
+        model_config["test_time_augmentation"] = result.metrics["test_time_augmentation"]
+    if "tta_selection" in result.metrics:
+        model_config["temperature"] = result.metrics["tta_selection"]["temperature"]
     timm.models.save_for_hf(model, folder, model_config=model_config, safe_serialization=True,
                             data_config={"input_size": dc["input_size"], "mean": dc["mean"], "std": dc["std"],
                                          "crop_pct": 1.0, "interpolation": "bilinear"})
@@ -209,7 +215,7 @@ def save_model_folder(result: "TrainResult", command: Optional[str] = None) -> P
     plots.confusion_matrix_png(metrics["test"]["confusion_matrix"], label_names, folder / "confusion_matrix.png")
     plots.training_curves_png(result.history, folder / "training_curves.png")
     if cfg.examples:
-        write_examples(result.examples, folder / "examples")
+        write_examples(result.examples, folder / "examples", result.data.source)
     write_model_card(folder, cfg, metrics, label_names)
     return folder
 
@@ -258,12 +264,22 @@ def record_test_evaluation(folder: str | Path, result: dict) -> None:
     write_model_card(folder, from_json(TrainConfig, folder / "train_config.json"), metrics, labels)
 
 
-def write_examples(examples: dict[str, torch.Tensor], folder: Path) -> None:
+def write_examples(examples: dict[str, tuple[str, torch.Tensor]], folder: Path, source: Optional[str] = None) -> None:
+    """``examples/<Class>.jpg``: the original file's bytes when the data is a local folder (no re-encoding),
+    else the decoded patch as a JPEG (quality 95). Stale examples of an earlier run are removed."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    for name, image in examples.items():
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{name}.png")
+    for old in folder.glob("*"):
+        if old.is_file():
+            old.unlink()
+    root = Path(source).expanduser() if source else None
+    for name, (file_id, image) in examples.items():
+        original = root / file_id if root is not None and root.is_dir() else None
+        if original is not None and original.is_file() and original.suffix.lower() in (".jpg", ".jpeg"):
+            shutil.copyfile(original, folder / f"{name}.jpg")
+        else:
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{name}.jpg", quality=95)
 
 
 def _command_line() -> str:

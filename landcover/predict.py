@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .calibration import SINGLE_PASS
 from .config import TTA_MODES
 from .hub import DEFAULT_MODEL_DIR, LoadedModel, load_model
 from .model import data_config
@@ -205,6 +206,19 @@ class Predictor:
                              f"); expected one of {sorted(TTA_MODES)}, or none.")
         return mode
 
+    def temperature(self, mode: Optional[str]) -> float:
+        """The calibration temperature of inference ``mode`` (None: single pass) from config.json (1.0 if none).
+
+        ``temperature`` is one number, or one per mode (``{"none": T, "d4": T, ...}``) as ``train.py`` fits them.
+        """
+        value = self.loaded.config.get("temperature", 1.0)
+        if isinstance(value, dict):
+            value = value.get(mode or SINGLE_PASS, value.get(SINGLE_PASS, 1.0))
+        value = float(value)
+        if not value > 0:
+            raise ValueError(f"{self.loaded.folder}/config.json: temperature must be positive; got {value}.")
+        return value
+
     @property
     def info(self) -> dict:
         """What the UI's model panel shows."""
@@ -237,6 +251,7 @@ class Predictor:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"Expected a uint8 batch (N, 3, H, W); got shape {tuple(images.shape)}.")
         mode = self.tta if tta is None else self.resolve_tta(tta)
+        temperature = self.temperature(mode)
         out = []
         with self._lock, torch.inference_mode():
             for start in range(0, images.shape[0], batch_size):
@@ -245,9 +260,10 @@ class Predictor:
                 if mode:  # mean probability over the flips/rotations of each patch
                     n = x.shape[0]
                     views = self._forward(tta_views(x, mode))
-                    probs = torch.softmax(views, dim=1).view(len(TTA_MODES[mode].symmetries), n, -1).mean(0)
+                    probs = torch.softmax(views / temperature, dim=1).view(len(TTA_MODES[mode].symmetries), n,
+                                                                           -1).mean(0)
                 else:
-                    probs = torch.softmax(self._forward(x), dim=1)
+                    probs = torch.softmax(self._forward(x) / temperature, dim=1)
                 out.append(probs.cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.labels))
 

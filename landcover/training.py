@@ -21,17 +21,19 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from .config import TrainConfig
+from .calibration import SINGLE_PASS, calibration_summary, fit_temperature, probabilities
+from .config import TTA_MODES, TrainConfig
 from .data import EuroSAT, Patches, TensorPatches, collate_batch, load_eurosat
 from .metrics import confusion_matrix, report
 from .model import create_model, data_config, set_backbone_frozen, train_mode
-from .transforms import augment, make_generator, preprocess, retain_freed_host_memory
+from .transforms import augment, make_generator, preprocess, retain_freed_host_memory, tta_views
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
 BEST_WEIGHTS = "best_model.safetensors"
+EMA_WEIGHTS = "ema_model.safetensors"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -51,7 +53,7 @@ class TrainResult:
     data: EuroSAT
     metrics: dict
     history: list[dict]
-    examples: dict[str, torch.Tensor] = field(default_factory=dict)
+    examples: dict[str, tuple[str, torch.Tensor]] = field(default_factory=dict)
     wall_time_s: float = 0.0
     hardware: str = ""
 
@@ -136,7 +138,8 @@ def latest_checkpoint(output_dir: str | Path) -> Optional[Path]:
 
 
 _RESUME_MUST_MATCH = ("dataset", "model", "image_size", "batch_size", "grad_accum", "seed", "epochs",
-                      "val_fraction", "test_fraction", "max_train_samples", "freeze_epochs", "lr")
+                      "val_fraction", "test_fraction", "max_train_samples", "freeze_epochs", "lr", "ema_decay",
+                      "radiometric")
 
 
 def read_trainer_state(checkpoint: Path, cfg: TrainConfig) -> dict:
@@ -157,7 +160,7 @@ def read_trainer_state(checkpoint: Path, cfg: TrainConfig) -> dict:
     return state
 
 
-def save_checkpoint(accelerator, cfg: TrainConfig, state: dict, best_state: Optional[dict]) -> None:
+def save_checkpoint(accelerator, cfg: TrainConfig, state: dict, best_state: Optional[dict], ema=None) -> None:
     """``save_state`` into ``epoch_N.tmp``, then an atomic rename: a kill never leaves a half checkpoint."""
     from safetensors.torch import save_file
 
@@ -172,6 +175,8 @@ def save_checkpoint(accelerator, cfg: TrainConfig, state: dict, best_state: Opti
     if accelerator.is_main_process:
         if best_state is not None:
             save_file(best_state, str(tmp / BEST_WEIGHTS))
+        if ema is not None:
+            save_file(_cpu_state(ema.module), str(tmp / EMA_WEIGHTS))
         (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -213,7 +218,7 @@ def _prep(cfg: TrainConfig, model) -> dict:
 
 
 def train_one_epoch(accelerator, model, loader, optimizer, scheduler, criterion, cfg: TrainConfig, epoch: int,
-                    prep: dict, step: int, memory_format) -> tuple[dict, int]:
+                    prep: dict, step: int, memory_format, ema=None) -> tuple[dict, int]:
     """One epoch; returns its summary and the new global optimiser step."""
     model.train()
     # The freeze flag lives on the bare model: under DDP, ``model`` is the wrapper (whose BatchNorm stats would
@@ -233,7 +238,7 @@ def train_one_epoch(accelerator, model, loader, optimizer, scheduler, criterion,
     for batch_index, (images, labels) in enumerate(loader):
         with accelerator.accumulate(model):
             x = augment(images, prep["size"], prep["mean"], prep["std"], gen, cfg.crop_scale, cfg.jitter,
-                        memory_format)
+                        memory_format, radiometric=cfg.radiometric)
             logits = model(x)
             loss = criterion(logits.float(), labels)
             accelerator.backward(loss)
@@ -242,6 +247,8 @@ def train_one_epoch(accelerator, model, loader, optimizer, scheduler, criterion,
         if accelerator.sync_gradients:
             scheduler.step()
             step += 1
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(model, keep_torch_compile=False), step=step)
         detached = loss.detach()
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached),
                                 torch.full_like(first_bad, batch_index), first_bad)
@@ -318,23 +325,34 @@ def train(cfg: TrainConfig) -> Optional[TrainResult]:
     if cfg.resume:
         start_epoch, step, history, best, best_state = _resume(accelerator, cfg)
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    ema = make_ema(unwrapped, cfg)
+    if cfg.resume and ema is not None:
+        _resume_ema(ema, cfg)
     _log_start(accelerator, cfg, data, unwrapped)
 
     for epoch in range(start_epoch, cfg.epochs):
         set_backbone_frozen(unwrapped, epoch < cfg.freeze_epochs)
         summary, step = train_one_epoch(accelerator, model, train_loader, optimizer, scheduler, criterion, cfg,
-                                        epoch, prep, step, memory_format)
+                                        epoch, prep, step, memory_format, ema)
         cm, val_loss, _ = evaluate_loader(accelerator, model, val_loader, prep, len(data.class_names),
                                           "validation", memory_format)
         val = report(cm, data.class_names)
         entry = {"epoch": epoch + 1, **summary, "val_loss": val_loss, "val_acc": val["accuracy"],
                  "frozen_backbone": epoch < cfg.freeze_epochs, "step": step}
+        candidates = [("raw", val["accuracy"], unwrapped)]
+        if ema is not None:
+            cm_ema, entry["val_loss_ema"], _ = evaluate_loader(accelerator, ema.module, val_loader, prep,
+                                                               len(data.class_names), "validation (EMA)",
+                                                               memory_format)
+            entry["val_acc_ema"] = report(cm_ema, data.class_names)["accuracy"]
+            candidates.append(("ema", entry["val_acc_ema"], ema.module))
         history.append(entry)
-        if val["accuracy"] > best["val_acc"]:
-            best = {"val_acc": val["accuracy"], "epoch": epoch + 1}
-            best_state = {k: v.detach().cpu().contiguous().clone() for k, v in unwrapped.state_dict().items()}
+        for weights, accuracy, module in candidates:  # raw first: EMA must beat it strictly
+            if accuracy > best["val_acc"]:
+                best = {"val_acc": accuracy, "epoch": epoch + 1, "weights": weights}
+                best_state = _cpu_state(module)
         state = {"epoch": epoch + 1, "step": step, "history": history, "best": best, "config": asdict(cfg)}
-        save_checkpoint(accelerator, cfg, state, best_state)
+        save_checkpoint(accelerator, cfg, state, best_state, ema)
         _log_epoch(accelerator, entry, cfg)
         if cfg.report_to:
             accelerator.log({k: v for k, v in entry.items() if isinstance(v, (int, float))}, step=epoch + 1)
@@ -352,6 +370,30 @@ def train(cfg: TrainConfig) -> Optional[TrainResult]:
         result.hardware = describe_hardware(accelerator)
     accelerator.wait_for_everyone()
     return result
+
+
+def _cpu_state(module: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def make_ema(model: torch.nn.Module, cfg: TrainConfig):
+    """timm's ``ModelEmaV3`` of ``model`` (with warm-up: early steps follow the weights closely), or None."""
+    if cfg.ema_decay <= 0:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
+
+
+def _resume_ema(ema, cfg: TrainConfig) -> None:
+    from safetensors.torch import load_file
+
+    checkpoint = latest_checkpoint(cfg.output_dir)
+    path = checkpoint / EMA_WEIGHTS if checkpoint is not None else None
+    if path is None or not path.is_file():
+        raise CheckpointError(f"--resume with --ema-decay {cfg.ema_decay}: {path} is missing. Resume with the "
+                              f"original flags, or use a new --output-dir.")
+    ema.module.load_state_dict(load_file(str(path)))
 
 
 def _resume(accelerator, cfg: TrainConfig):
@@ -374,39 +416,109 @@ def _resume(accelerator, cfg: TrainConfig):
     return state["epoch"], state["step"], state["history"], state["best"], best_state
 
 
+def collect_view_logits(accelerator, model, loader, prep: dict, memory_format, desc: str, views: bool = True
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of every patch under the 8 symmetries of the square, ``(8, N, C)`` (``(1, N, C)`` with
+    ``views=False``), and the labels, gathered exactly over processes.
+
+    View ``g`` is symmetry code ``g`` (0 = the patch itself), so each TTA mode's logits are a row selection.
+    """
+    model.eval()
+    all_logits, all_labels = [], []
+    with torch.inference_mode():
+        for images, labels in tqdm(loader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
+            x = preprocess(images, prep["size"], prep["mean"], prep["std"], memory_format)
+            n = x.shape[0]
+            inputs = tta_views(x, "d4").contiguous(memory_format=memory_format) if views else x
+            logits = model(inputs).float().view(-1, n, model_num_classes(model)).transpose(0, 1)  # (n, V, C)
+            logits, labels = accelerator.gather_for_metrics((logits.contiguous(), labels))
+            all_logits.append(logits.cpu())
+            all_labels.append(labels.cpu())
+    return torch.cat(all_logits).transpose(0, 1), torch.cat(all_labels)
+
+
+def model_num_classes(model) -> int:
+    return int(getattr(model, "num_classes", 0) or getattr(getattr(model, "module", None), "num_classes"))
+
+
+def mode_logits(view_logits: torch.Tensor, mode: str) -> torch.Tensor:
+    """The rows of ``(8, N, C)`` view logits that test-time augmentation ``mode`` averages."""
+    return view_logits[:1] if mode == SINGLE_PASS else view_logits[list(TTA_MODES[mode].symmetries)]
+
+
+def select_tta_and_temperatures(val_logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """One temperature per inference mode (NLL on validation), and the mode with the best validation accuracy.
+
+    Ties go to the mode with fewer views (cheaper at the same accuracy).
+    """
+    modes = [SINGLE_PASS] + ([m for m in TTA_MODES] if val_logits.shape[0] == 8 else [])
+    temperatures, accuracy = {}, {}
+    for mode in modes:
+        logits = mode_logits(val_logits, mode)
+        temperatures[mode] = round(fit_temperature(logits, labels), 6)
+        accuracy[mode] = float((probabilities(logits, temperatures[mode]).argmax(1) == labels).float().mean())
+    chosen = max(modes, key=lambda m: (accuracy[m], -len(mode_logits(val_logits, m))))
+    return {"temperature": temperatures, "validation_accuracy": accuracy, "chosen": chosen}
+
+
 def _final_evaluation(accelerator, model, unwrapped, test_loader, val_loader, data, cfg, prep, memory_format,
                       history, best) -> Optional[TrainResult]:
+    """Validation: pick TTA and fit temperatures. Then the test split, once, with that choice."""
     n_classes = len(data.class_names)
-    cm_test, test_loss, test_preds = evaluate_loader(accelerator, model, test_loader, prep, n_classes, "test",
-                                                     memory_format)
-    cm_val, _, _ = evaluate_loader(accelerator, model, val_loader, prep, n_classes, "validation", memory_format)
+    val_logits, val_labels = collect_view_logits(accelerator, model, val_loader, prep, memory_format,
+                                                 "validation views", views=cfg.select_tta)
+    test_logits, test_labels = collect_view_logits(accelerator, model, test_loader, prep, memory_format,
+                                                   "test views", views=cfg.select_tta)
     if not accelerator.is_main_process:
         return None
-    test = report(cm_test, data.class_names)
+    selection = select_tta_and_temperatures(val_logits, val_labels)
+    mode, temps = selection["chosen"], selection["temperature"]
+
+    def scored(logits, labels, m) -> tuple[dict, torch.Tensor]:
+        probs = probabilities(mode_logits(logits, m), temps[m])
+        result = report(confusion_matrix(probs.argmax(1), labels, n_classes), data.class_names)
+        return {**result, **calibration_summary(mode_logits(logits, m), labels, temps[m])}, probs.argmax(1)
+
+    test, test_preds = scored(test_logits, test_labels, mode)
+    single, _ = scored(test_logits, test_labels, SINGLE_PASS)
+    test["loss"] = float(torch.nn.functional.cross_entropy(test_logits[0], test_labels))
     metrics = {
-        "test": {**test, "loss": test_loss},
-        "validation": report(cm_val, data.class_names),
+        "test": test,
+        "validation": {**scored(val_logits, val_labels, mode)[0], "test_time_augmentation": _mode_name(mode)},
         "best_epoch": best["epoch"],
+        "best_weights": best.get("weights", "raw"),
+        "test_time_augmentation": _mode_name(mode),
+        "tta_selection": selection,
         "history": history,
         "dataset": data.source,
         "split": data.split_origin,
         "split_sizes": {k: len(v) for k, v in data.splits.items()},
         "skipped_files": data.skipped,
     }
+    if mode != SINGLE_PASS:
+        metrics["test_without_tta"] = single
     examples = pick_examples(data.splits["test"], test_preds, data.class_names)
-    accelerator.print(f"test accuracy {test['accuracy']:.4f} on {test['n']} images (best epoch {best['epoch']})")
+    accelerator.print(f"validation picked {mode} (accuracy {selection['validation_accuracy']}, temperatures {temps}); "
+                      f"test accuracy {test['accuracy']:.4f} (95% CI {test['accuracy_ci95'][0]:.4f}-"
+                      f"{test['accuracy_ci95'][1]:.4f}), single pass {single['accuracy']:.4f}, ECE "
+                      f"{test['ece_before']:.4f} -> {test['ece']:.4f} on {test['n']} images (best epoch "
+                      f"{best['epoch']}, {best.get('weights', 'raw')} weights)")
     return TrainResult(unwrapped, cfg, data, metrics, history, examples)
 
 
-def pick_examples(patches: Patches, preds: torch.Tensor, class_names: list[str]) -> dict[str, torch.Tensor]:
-    """One correctly classified test patch per class (the first in file order)."""
+def _mode_name(mode: str) -> Optional[str]:
+    return None if mode == SINGLE_PASS else mode
+
+
+def pick_examples(patches: Patches, preds: torch.Tensor, class_names: list[str]) -> dict[str, tuple[str, torch.Tensor]]:
+    """One correctly classified test patch per class (the first in file order): ``{class: (file id, image)}``."""
     out = {}
     if len(preds) != len(patches):
         return out
     for c, name in enumerate(class_names):
         hits = torch.nonzero((patches.labels == c) & (preds == c)).flatten()
         if len(hits):
-            out[name] = patches.images[int(hits[0])]
+            out[name] = (patches.files[int(hits[0])], patches.images[int(hits[0])])
     return out
 
 

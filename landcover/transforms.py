@@ -9,6 +9,7 @@ it saw when it was measured.
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,12 +57,14 @@ class ViewParams:
         corner: ``(N, 2)`` top-left pixel ``(y, x)`` of each image's crop.
         groups: ``(first, stop, crop_h, crop_w)`` per run of images that share one crop size.
         jitter: ``(N, 3)`` brightness, contrast and saturation factors, or None for no colour jitter.
+        radiometry: per-image sensor/atmosphere/stretch changes (:class:`Radiometry`), or None.
     """
 
     symmetry: torch.Tensor
     corner: torch.Tensor
     groups: list[tuple[int, int, int, int]]
     jitter: Optional[torch.Tensor]
+    radiometry: Optional["Radiometry"] = None
 
     def to(self, device: torch.device) -> "ViewParams":
         """The tensors on ``device`` (pinned host memory + non-blocking copies: no host-device sync)."""
@@ -73,16 +76,83 @@ class ViewParams:
         def move(t):
             return None if t is None else (t.pin_memory() if pin else t).to(device, non_blocking=True)
 
-        return ViewParams(move(self.symmetry), move(self.corner), self.groups, move(self.jitter))
+        radiometry = None if self.radiometry is None else Radiometry(
+            *(move(t) for t in (self.radiometry.gamma, self.radiometry.matrix, self.radiometry.offset)))
+        return ViewParams(move(self.symmetry), move(self.corner), self.groups, move(self.jitter), radiometry)
+
+
+@dataclass
+class Radiometry:
+    """Per-image radiometric change ``y = M x^gamma + o`` on colours in [0, 1] (see :func:`draw_radiometry`).
+
+    Attributes:
+        gamma: ``(N,)`` exponents (1 = unchanged).
+        matrix: ``(N, 3, 3)`` colour matrices (identity = unchanged).
+        offset: ``(N, 3)`` colour offsets.
+    """
+
+    gamma: torch.Tensor
+    matrix: torch.Tensor
+    offset: torch.Tensor
+
+
+# Ranges of the radiometric augmentation. They cover what separates EuroSAT's fixed L1C stretch from what users
+# feed: another stretch or sensor gain (global x0.67..1.5, per band +-15 %), a gamma curve, haze (a blend towards
+# bright, bluish path radiance) or its removal by atmospheric correction (L2A: darker, a negative offset), and hue or
+# saturation shifts (turquoise coastal water, other colour pipelines).
+RADIOMETRY_RANGES = {"gain": 1.5, "band_gain": 0.15, "offset": 0.04, "gamma": 1.4, "haze": 0.35,
+                     "haze_probability": 0.5, "hue_degrees": 10.0, "saturation": 0.3}
+_HAZE_COLOUR = (0.80, 0.83, 0.90)  # bright, slightly blue: scattered light adds most to the blue band
+
+
+def _log_uniform(n: int, ratio: float, generator: torch.Generator) -> torch.Tensor:
+    return torch.empty(n).uniform_(-math.log(ratio), math.log(ratio), generator=generator).exp()
+
+
+def _hue_rotation(angle: torch.Tensor) -> torch.Tensor:
+    """``(N, 3, 3)`` rotations of RGB about the grey axis (Rodrigues' formula): a hue shift that keeps greys."""
+    k = torch.full((3,), 3 ** -0.5)
+    cross = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    cos, sin = angle.cos().view(-1, 1, 1), angle.sin().view(-1, 1, 1)
+    return cos * torch.eye(3) + sin * cross + (1 - cos) * torch.outer(k, k)
+
+
+def draw_radiometry(n: int, probability: float, generator: torch.Generator,
+                    ranges: Optional[dict] = None) -> Radiometry:
+    """Random radiometric changes for ``n`` images; each image is changed with ``probability`` (else identity).
+
+    In order, on colours in [0, 1]: a gamma curve, a hue rotation and saturation change, a global and per-band
+    gain with a per-band offset, and (for some images) haze ``(1 - h) x + h * haze_colour``. Everything after the
+    gamma is one affine map, so it folds into the normalisation matmul of :func:`colour_normalise`.
+    """
+    r = {**RADIOMETRY_RANGES, **(ranges or {})}
+    active = (torch.rand(n, generator=generator) < probability).float()
+    gamma = _log_uniform(n, r["gamma"], generator)
+    hue = torch.empty(n).uniform_(-1, 1, generator=generator) * math.radians(r["hue_degrees"])
+    saturation = torch.empty(n).uniform_(1 - r["saturation"], 1 + r["saturation"], generator=generator)
+    gains = _log_uniform(n, r["gain"], generator).view(-1, 1) * \
+        torch.empty(n, 3).uniform_(1 - r["band_gain"], 1 + r["band_gain"], generator=generator)
+    offset = torch.empty(n, 3).uniform_(-r["offset"], r["offset"], generator=generator)
+    hazy = (torch.rand(n, generator=generator) < r["haze_probability"]).float()
+    haze = torch.empty(n).uniform_(0, r["haze"], generator=generator) * hazy
+    grey = torch.tensor([0.299, 0.587, 0.114])
+    sat = saturation.view(-1, 1, 1) * torch.eye(3) + (1 - saturation).view(-1, 1, 1) * grey.view(1, 1, 3)
+    matrix = (1 - haze).view(-1, 1, 1) * gains.unsqueeze(2) * (sat @ _hue_rotation(hue))
+    shift = (1 - haze).view(-1, 1) * offset + haze.view(-1, 1) * torch.tensor(_HAZE_COLOUR)
+    # Inactive images get the identity: gamma 1, matrix I, offset 0.
+    a = active.view(-1, 1, 1)
+    return Radiometry(gamma=active * gamma + (1 - active), matrix=a * matrix + (1 - a) * torch.eye(3),
+                      offset=active.view(-1, 1) * shift)
 
 
 def draw_view_params(n: int, height: int, width: int, crop_scale: float, jitter: float,
-                     generator: torch.Generator, groups: int = CROP_GROUPS) -> ViewParams:
+                     generator: torch.Generator, groups: int = CROP_GROUPS, radiometric: float = 0.0) -> ViewParams:
     """Random D4 symmetries, square-ish crops of ``crop_scale..1`` of the area, and jitter factors in ``1 ± jitter``.
 
     The crop side is drawn per group of images (uniform in ``sqrt(crop_scale)..1`` of each axis, whole
     pixels like torchvision's ``RandomResizedCrop``), its position and everything else per image. Sizes
     are Python ints, so grouping costs no device sync; each image still sees the same distribution.
+    ``radiometric`` is the share of images that also get a radiometric change (:func:`draw_radiometry`).
     """
     if not 0.0 < crop_scale:
         raise ValueError(f"crop_scale must be in (0, 1] (fraction of the image area kept); got {crop_scale}.")
@@ -101,7 +171,8 @@ def draw_view_params(n: int, height: int, width: int, crop_scale: float, jitter:
     slack = torch.stack([height - crop_h, width - crop_w], 1) + 1
     corner = (torch.rand(n, 2, generator=generator) * slack).long().clamp_max_(slack - 1)
     factors = torch.empty(n, 3).uniform_(1 - jitter, 1 + jitter, generator=generator) if jitter > 0 else None
-    return ViewParams(symmetry, corner, group_list, factors)
+    radiometry = draw_radiometry(n, radiometric, generator) if radiometric > 0 else None
+    return ViewParams(symmetry, corner, group_list, factors, radiometry)
 
 
 _VIEW_TABLES: dict[tuple[int, int, int, str], torch.Tensor] = {}
@@ -209,11 +280,13 @@ def jitter_map(factors: torch.Tensor, channel_means: torch.Tensor) -> tuple[torc
 
 def colour_normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
                      jitter: Optional[torch.Tensor] = None,
-                     memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """0..255 RGB ``(N, 3, H, W)`` (uint8 or float) -> ``(x / 255 - mean) / std``, with optional colour jitter.
+                     memory_format: torch.memory_format = torch.contiguous_format,
+                     radiometry: Optional[Radiometry] = None) -> torch.Tensor:
+    """0..255 RGB ``(N, 3, H, W)`` (uint8 or float) -> ``(x / 255 - mean) / std``, with optional colour changes.
 
-    ``/ 255``, the jitter map (:func:`jitter_map`, factors ``(N, 3)``) and the normalisation fold into one
-    3 x 3 matrix and offset per image: one batched matmul over the pixels, then the jittered colours are
+    ``/ 255``, the radiometric change's affine part (:class:`Radiometry`; its gamma is applied first, the one
+    non-linear step), the jitter map (:func:`jitter_map`, factors ``(N, 3)``) and the normalisation fold into
+    one 3 x 3 matrix and offset per image: one batched matmul over the pixels, then the changed colours are
     clamped to the valid range (the bounds of [0, 1] after normalisation, channel by channel).
     """
     n, ch, h, w = images.shape
@@ -222,15 +295,20 @@ def colour_normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[
     x = images.to(torch.float32, memory_format=torch.contiguous_format).view(n, 3, h * w)
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=x.device)
     inv_std = 1.0 / torch.as_tensor(std, dtype=torch.float32, device=x.device)
-    if jitter is None:
-        matrix = torch.diag(inv_std / 255.0).expand(n, 3, 3)
-        offset = (-mean_t * inv_std).expand(n, 3)
-    else:
-        colour, shift = jitter_map(jitter.float(), x.mean(2) / 255.0)
-        matrix = colour * (inv_std / 255.0).view(1, 3, 1)
-        offset = (shift - mean_t) * inv_std
+    scale = 255.0
+    colour = torch.eye(3, device=x.device).expand(n, 3, 3)
+    shift = torch.zeros(n, 3, device=x.device)
+    if radiometry is not None:
+        x = (x / 255.0).pow(radiometry.gamma.view(-1, 1, 1))
+        scale, colour, shift = 1.0, radiometry.matrix.float(), radiometry.offset.float()
+    if jitter is not None:  # jitter after the radiometric change: J (M x + o) + s
+        means = torch.baddbmm(shift.unsqueeze(2), colour, x.mean(2, keepdim=True) / scale).squeeze(2)
+        j_colour, j_shift = jitter_map(jitter.float(), means)
+        colour, shift = j_colour @ colour, (j_colour @ shift.unsqueeze(2)).squeeze(2) + j_shift
+    matrix = colour * (inv_std / scale).view(1, 3, 1)
+    offset = (shift - mean_t) * inv_std
     out = torch.baddbmm(offset.unsqueeze(2), matrix, x)
-    if jitter is not None:
+    if jitter is not None or radiometry is not None:
         for c in range(3):  # clamp as in [0, 1] before normalising
             out[:, c].clamp_(float(-mean[c] / std[c]), float((1 - mean[c]) / std[c]))
     return out.view(n, 3, h, w).contiguous(memory_format=memory_format)
@@ -238,17 +316,18 @@ def colour_normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[
 
 def augment(images: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float],
             generator: torch.Generator, crop_scale: float = 0.8, jitter: float = 0.1,
-            memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+            memory_format: torch.memory_format = torch.contiguous_format, radiometric: float = 0.0) -> torch.Tensor:
     """Training view of a uint8 batch on its own device: D4 symmetry, random crop, resize, colour jitter, normalise.
 
     ``generator`` is a CPU generator: the parameters (:func:`draw_view_params`, a few numbers per
     image) are drawn on the host; the pixels never leave ``images.device``. No per-image Python:
     one gather and one resize per crop size (:func:`crop_resize_d4`), one batched matmul for colour
-    and normalisation (:func:`colour_normalise`).
+    and normalisation (:func:`colour_normalise`). ``radiometric``: share of images given a radiometric change.
     """
     n, _, h, w = images.shape
-    params = draw_view_params(n, h, w, crop_scale, jitter, generator).to(images.device)
-    return colour_normalise(crop_resize_d4(images, size, params), mean, std, params.jitter, memory_format)
+    params = draw_view_params(n, h, w, crop_scale, jitter, generator, radiometric=radiometric).to(images.device)
+    return colour_normalise(crop_resize_d4(images, size, params), mean, std, params.jitter, memory_format,
+                            params.radiometry)
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameter numbers (malloc.h)
