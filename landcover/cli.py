@@ -18,7 +18,8 @@ def train_main(argv: Optional[list[str]] = None) -> int:
     add_dataclass_arguments(parser, TrainConfig)
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .hub import PushError, push_folder, save_model_folder
+    from .hub import PushError, push_folder
+    from .model_folder import save_model_folder
     from .training import CheckpointError, NonFiniteLossError, train
 
     try:
@@ -46,7 +47,8 @@ def _evaluate(args) -> int:
     result = evaluate_model(args.model, args.data, split=args.split, batch_size=args.batch_size,
                             backend=args.backend, tta=args.tta)
     if args.record:
-        from .hub import record_test_evaluation, resolve_model_dir
+        from .hub import resolve_model_dir
+        from .model_folder import record_test_evaluation
 
         if args.split != "test":
             raise ValueError(f"--record stores a test-split evaluation; got --split {args.split}.")

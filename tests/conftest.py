@@ -41,7 +41,7 @@ def tiny_model_dir(eurosat_folder, tmp_path_factory) -> Path:
     3e-3 gave 70-98% depending on the seed), so tests can rely on it classifying the generated data.
     """
     from landcover.config import TrainConfig
-    from landcover.hub import save_model_folder
+    from landcover.model_folder import save_model_folder
     from landcover.training import train
 
     out = tmp_path_factory.mktemp("tiny-model")

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from datagen import write_imagefolder
 from landcover.config import TrainConfig
-from landcover.hub import save_model_folder
+from landcover.model_folder import save_model_folder
 from landcover.labels import EUROSAT_CLASSES
 from landcover.training import CheckpointError, build_model, train
 
