@@ -63,19 +63,70 @@ def _evaluate(args) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".webp", ".bmp")
+PREDICT_CHUNK = 64  # images decoded and classified at a time (bounded memory for big folders)
+
+
+def expand_images(arguments: list[str]) -> list[Path]:
+    """Files as given; a folder becomes its image files (recursively, sorted). Missing paths are kept (and
+    reported when opened) so that the user sees each one."""
+    out: list[Path] = []
+    for arg in arguments:
+        path = Path(arg)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ValueError(f"Folder {arg!r} holds no image files ({', '.join(IMAGE_SUFFIXES)}); expected "
+                                 f"image files or folders of them.")
+            out += found
+        else:
+            out.append(path)
+    return out
+
+
 def _predict(args) -> int:
+    from .imageio import UploadError, open_image_file
     from .predict import Predictor
 
+    paths = expand_images(args.images)
     predictor = Predictor.load(args.model, backend=args.backend)
-    results = predictor.predict_files(args.images, top_k=args.top_k)
+    rows, failed = [], 0
+    for start in range(0, len(paths), PREDICT_CHUNK):
+        chunk, images, errors = paths[start:start + PREDICT_CHUNK], [], {}
+        for path in chunk:
+            try:
+                images.append(open_image_file(path))
+            except UploadError as err:
+                errors[path] = str(err)
+        results = iter(predictor.predict(images, top_k=args.top_k))
+        for path in chunk:
+            if path in errors:
+                failed += 1
+                rows.append({"image": str(path), "error": errors[path]})
+                if not args.json:
+                    print(f"error: {path}: {errors[path]}", file=sys.stderr)
+                continue
+            probs = next(results)
+            rows.append({"image": str(path), "label": next(iter(probs)), "probabilities": probs})
+            if not args.json:
+                print(f"{path}: " + ", ".join(f"{k} {v:.3f}" for k, v in probs.items()), flush=True)
     if args.json:
-        print(json.dumps([{"image": str(p), "label": next(iter(r)), "probabilities": r}
-                          for p, r in zip(args.images, results)]))
-    else:
-        for path, probs in zip(args.images, results):
-            top = ", ".join(f"{k} {v:.3f}" for k, v in probs.items())
-            print(f"{path}: {top}")
+        print(json.dumps(rows))
+    if failed:
+        print(f"error: {failed} of {len(paths)} file(s) could not be classified (see above).", file=sys.stderr)
+        return 1
     return 0
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
 
 
 def _push(args) -> int:
@@ -106,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", choices=["train", "validation", "test", "all"],
                     help="Split to evaluate; 'all' uses every image. On a local folder, 'test' uses the split "
                          "recorded with the model (splits.json) when there is one.")
-    ev.add_argument("--batch-size", type=int, default=256, help="Images per forward pass.")
+    ev.add_argument("--batch-size", type=positive_int, default=256, help="Images per forward pass.")
     ev.add_argument("--json", action="store_true", help="Print one JSON object.")
     ev.add_argument("--tta", nargs="?", const=True, default=None, choices=tuple(TTA_MODES), metavar="MODE",
                     help=f"Test-time augmentation: mean probability over the views of MODE ({tta_choices_help()}; "
@@ -119,10 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_evaluate)
 
     pr = sub.add_parser("predict", help="Classify image files.")
-    pr.add_argument("images", nargs="+", help="Image files (any format PIL reads).")
+    pr.add_argument("images", nargs="+", help="Image files or folders of them: PNG, JPEG, TIFF (also 16-bit "
+                    "and Sentinel-2 / EuroSAT-MS multi-band GeoTIFF patches), GIF, WebP, BMP.")
     pr.add_argument("--model", default=None, help=model_help)
-    pr.add_argument("--top-k", type=int, default=3, help="How many classes to show per image.")
-    pr.add_argument("--json", action="store_true", help="Print JSON.")
+    pr.add_argument("--top-k", type=positive_int, default=3, help="How many classes to show per image (>= 1).")
+    pr.add_argument("--json", action="store_true", help="Print JSON: one object per file, with 'error' for files "
+                    "that could not be classified.")
     _add_backend(pr)
     pr.set_defaults(func=_predict)
 

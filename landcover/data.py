@@ -8,7 +8,6 @@ files) goes through ``datasets.load_dataset``. Images are decoded **once** into 
 
 from __future__ import annotations
 
-import io
 import logging
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -18,9 +17,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
+from .imageio import UploadError, decode_rgb8
 from .labels import EUROSAT_CLASSES
 from .transforms import resize_uint8
 
@@ -145,19 +143,15 @@ def _resolve_classes(names: list[str], allow_custom: bool) -> tuple[list[str], n
 
 
 def _decode_one(item: dict, size: Optional[int]) -> Optional[torch.Tensor]:
-    from torchvision.io import ImageReadMode, decode_image
-
+    """One ``datasets`` image item -> uint8 ``(3, H, W)`` by :func:`landcover.imageio.decode_rgb8` (the rules
+    every entry point uses); ``None`` when it is not a decodable image."""
     data = item.get("bytes")
     if data is None:
         data = Path(item["path"]).read_bytes()
     try:
-        img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError:
-        try:  # formats torchvision does not decode (TIFF, ...), via PIL
-            with Image.open(io.BytesIO(data)) as pil:
-                img = torch.from_numpy(np.asarray(pil.convert("RGB")).copy()).permute(2, 0, 1)
-        except Exception:
-            return None
+        img = torch.from_numpy(decode_rgb8(data)).permute(2, 0, 1)
+    except UploadError:
+        return None
     return img if size is None else resize_uint8(img, size)[0]
 
 

@@ -1,11 +1,10 @@
-"""Safe opening of untrusted uploaded images (app and REST API). No Gradio, no model here.
+"""Images -> uint8 RGB, one path for every entry point (uploads, REST, ``predict``, data loading, scenes).
 
-``open_upload`` reads only the header first and refuses decompression bombs *before* any pixel is
-decoded, turns every kind of broken file into a ``ValueError`` (:class:`UploadError`) with a message a
-user can act on, and returns an 8-bit RGB image whatever came in (EXIF rotation, alpha, palette,
-grayscale, 16-bit, multi-page TIFF / animated GIF -> first frame). Large valid photos are decoded at
-reduced scale (JPEG draft mode) and downscaled, never refused unless over the pixel limit.
-The uploaded file *name* is never used: callers pass bytes or the path of Gradio's own temp file.
+:func:`decode_rgb8` states the conversion rules once. :func:`open_upload` adds what untrusted uploads
+need: it reads only the header first and refuses decompression bombs *before* any pixel is decoded,
+turns every kind of broken file into a ``ValueError`` (:class:`UploadError`) with a message a user can
+act on, and decodes large photos at reduced scale (JPEG draft mode). The uploaded file *name* is never
+used: callers pass bytes or the path of Gradio's own temp file. No Gradio, no model here.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -24,6 +23,7 @@ SAFE_FORMATS = ("PNG", "JPEG", "GIF", "TIFF", "WEBP", "BMP")
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # 10 MiB: EuroSAT patches are ~3 KB, phone photos ~2-8 MB
 MAX_PIXELS = 64_000_000  # ~8000 x 8000; decoding beyond that is refused (a 30000^2 bomb is 900 MP)
 WORK_SIDE = 1024  # images are decoded/downscaled to at most this side; the model needs ~64 px
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 
 Source = Union[bytes, bytearray, memoryview, str, os.PathLike, BinaryIO]
 
@@ -55,7 +55,7 @@ def limit_pil_pixels(max_pixels: int = MAX_PIXELS) -> None:
     Image.MAX_IMAGE_PIXELS = int(max_pixels)
 
 
-def _as_stream(source: Source, max_bytes: int) -> BinaryIO:
+def _as_stream(source: Source, max_bytes: Optional[int]) -> BinaryIO:
     if isinstance(source, (bytes, bytearray, memoryview)):
         size = len(source)
         stream: BinaryIO = io.BytesIO(bytes(source))
@@ -72,7 +72,7 @@ def _as_stream(source: Source, max_bytes: int) -> BinaryIO:
         stream.seek(pos)
     if size == 0:
         raise UploadError("The upload is empty (0 bytes); expected an image file (PNG, JPEG, TIFF, ...).")
-    if size > max_bytes:
+    if max_bytes is not None and size > max_bytes:
         stream.close()
         raise UploadTooLarge(f"The upload is {size / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB. "
                              f"Send a smaller image (the model only needs ~64x64 px).")
@@ -109,8 +109,8 @@ def _open_header(stream: BinaryIO, max_pixels: int) -> Image.Image:
     return image
 
 
-def _decode(image: Image.Image, work_side: int) -> Image.Image:
-    if image.format in ("JPEG", "MPO") and max(image.size) > 2 * work_side:  # MPO: multi-picture JPEG
+def _decode(image: Image.Image, work_side: Optional[int]) -> Image.Image:
+    if work_side and image.format in ("JPEG", "MPO") and max(image.size) > 2 * work_side:  # MPO: multi-picture JPEG
         # Decode at 1/2, 1/4 or 1/8 scale straight from the DCT: big photos never exist at full size.
         image.draft("RGB", (work_side, work_side))
     try:
@@ -120,28 +120,151 @@ def _decode(image: Image.Image, work_side: int) -> Image.Image:
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, zlib.error... for bad data
         raise UploadError(f"The {image.format} image could not be decoded: it is truncated or corrupt "
                           f"({type(err).__name__}: {err}). Re-export or re-download it.") from None
+    return image
+
+
+def _scale_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """16/32-bit integer or float pixels -> uint8, rounded: integers by their full range (65535 when any value
+    exceeds 255, else 255), floats in 0..1 by 255."""
+    arr = arr.astype(np.float64)
+    top = float(arr.max()) if arr.size else 0.0
+    if mode == "F" and top <= 1.0:
+        arr = arr * 255.0
+    elif top > 255:
+        arr = arr * (255.0 / 65535.0)
+    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info
+
+
+def pil_to_rgb8(image: Image.Image) -> np.ndarray:
+    """An opened PIL image of any mode -> uint8 RGB ``(H, W, 3)``; see :func:`decode_rgb8` for the rules."""
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # broken EXIF must not cost the user the classification
         pass
-    return image
-
-
-def to_rgb8(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB. 16/32-bit data is scaled by its full range (65535 if it exceeds 255)."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        top = float(arr.max()) if arr.size else 0.0
-        scale = 1.0 if image.mode == "F" and top <= 1.0 else (65535.0 if top > 255 else 255.0)
-        image = Image.fromarray(np.clip(arr / scale * 255.0, 0, 255).round().astype(np.uint8), mode="L")
-    elif image.mode in ("P", "PA", "LA") or (image.mode == "L" and "transparency" in image.info):
-        image = image.convert("RGBA")
-    return image.convert("RGB") if image.mode != "RGB" else image
+        grey = _scale_to_uint8(np.asarray(image), image.mode)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if _has_alpha(image):
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
+        # Onto black, rounded: transparent pixels are "no data", as in a scene's nodata (zero) areas.
+        return ((rgba[:, :, :3] * rgba[:, :, 3:] + 127) // 255).astype(np.uint8)
+    return np.array(image if image.mode == "RGB" else image.convert("RGB"))  # a writable copy
+
+
+# ---------------------------------------------------------------- multi-band / 16-bit GeoTIFFs (rasterio)
+
+
+def _is_tiff(head: bytes) -> bool:
+    return head[:4] in TIFF_MAGIC
+
+
+def _raster_rgb8(data: bytes, max_pixels: int) -> Optional[np.ndarray]:
+    """A TIFF that PIL cannot show faithfully (3+ bands of 16-bit/float data, or more than 4 bands, e.g. a
+    Sentinel-2 or EuroSAT-MS 13-band patch) as uint8 RGB, with the band choice and scaling ``map`` uses
+    (:func:`landcover.radiometry.to_eurosat_rgb8`); ``None`` for TIFFs PIL decodes as they are (8-bit
+    RGB/RGBA, 1-2 band greyscale of any depth, palette)."""
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from rasterio.io import MemoryFile
+
+    try:
+        with warnings.catch_warnings(), MemoryFile(data) as memfile:
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a patch needs no georeference
+            with memfile.open() as ds:
+                if ds.count < 3 or (ds.count <= 4 and all(dt == "uint8" for dt in ds.dtypes)):
+                    return None
+                return _read_raster(ds, max_pixels)
+    except RasterioIOError:
+        return None  # not a TIFF rasterio reads: PIL decides (and explains)
+
+
+def _read_raster(ds, max_pixels: int) -> np.ndarray:
+    from .radiometry import choose_rgb_bands, to_eurosat_rgb8
+
+    if ds.width * ds.height > max_pixels:
+        raise UploadTooLarge(f"Image refused before decoding: {ds.width}x{ds.height} = "
+                             f"{ds.width * ds.height / 1e6:.0f} megapixels, over the limit of "
+                             f"{max_pixels / 1e6:.0f} MP. Crop it first (the model needs ~64x64 px), or map it "
+                             f"as a scene with `python -m landcover map`.")
+    try:
+        chosen, _ = choose_rgb_bands(ds.count, ds.descriptions, ds.colorinterp)
+    except ValueError as err:
+        raise UnsupportedImage(f"{err} (For a patch: describe the bands B04/B03/B02 in the TIFF, or map it with "
+                               f"`python -m landcover map --bands R,G,B`.)") from None
+    raw = ds.read(list(chosen))  # only the three bands shown, as ``map`` reads scenes
+    per_band = lambda values: [values[b - 1] for b in chosen]  # noqa: E731
+    rgb, _ = to_eurosat_rgb8(raw, bands=(1, 2, 3), nodata=ds.nodata, metadata=ds.tags(),
+                             band_scales=per_band(ds.scales), band_offsets=per_band(ds.offsets))
+    return np.ascontiguousarray(rgb.transpose(1, 2, 0))
+
+
+# ---------------------------------------------------------------- the decode path
+
+
+def _load(source: Source, max_pixels: int, max_bytes: Optional[int],
+          work_side: Optional[int]) -> tuple[np.ndarray, tuple[int, int]]:
+    stream = _as_stream(source, max_bytes)
+    try:
+        stream.seek(0)
+        head = stream.read(4)
+        stream.seek(0)
+        if _is_tiff(head):
+            raster = _raster_rgb8(stream.read(), max_pixels)
+            stream.seek(0)
+            if raster is not None:
+                return _fit(raster, work_side), (raster.shape[1], raster.shape[0])
+        image = _open_header(stream, max_pixels)
+        original_size = image.size
+        return _fit(pil_to_rgb8(_decode(image, work_side)), work_side), original_size
+    finally:
+        if isinstance(source, (str, os.PathLike)):
+            stream.close()
+
+
+def _fit(rgb: np.ndarray, work_side: Optional[int]) -> np.ndarray:
+    if not work_side or max(rgb.shape[:2]) <= work_side:
+        return rgb
+    image = Image.fromarray(rgb)
+    image.thumbnail((work_side, work_side), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.asarray(image)
+
+
+def decode_rgb8(source: "Source | Image.Image", *, max_pixels: int = MAX_PIXELS, max_bytes: Optional[int] = None,
+                work_side: Optional[int] = None) -> np.ndarray:
+    """The project's one way from an image to uint8 RGB ``(H, W, 3)``: uploads, ``predict``, data, scenes.
+
+    Rules, the same wherever an image comes from:
+
+    * EXIF orientation is applied; multi-page TIFFs and animated GIF/WebP give their first frame.
+    * Greyscale and palette images become grey/colour RGB; 16-bit and 32-bit integer pixels are scaled by
+      their full range (65535 when any value exceeds 255, else 255), float pixels in 0..1 by 255; always
+      rounded, never truncated.
+    * Transparency (alpha, or a palette/greyscale transparent colour) is composited onto black.
+    * A TIFF with 3 or more bands of 16-bit or float data, or more than 4 bands (a Sentinel-2 or EuroSAT-MS
+      13-band patch), is read with rasterio and its B04/B03/B02 bands scaled exactly as ``map`` scales a
+      scene (:mod:`landcover.radiometry`).
+
+    Args:
+        source: Encoded bytes, a file object, a path, or an already opened ``PIL.Image``.
+        max_pixels: Width x height above which the image is refused, checked from the header before decoding.
+        max_bytes: Size limit of the encoded file (``None``: no limit).
+        work_side: Decode at reduced scale / downscale so the longest side is at most this (``None``: full size).
+
+    Raises:
+        UploadError: (a ``ValueError``) empty, truncated, corrupt, oversized or unsupported files, with a
+            message that says what was expected.
+    """
+    if isinstance(source, Image.Image):
+        return _fit(pil_to_rgb8(source), work_side)
+    return _load(source, max_pixels, max_bytes, work_side)[0]
 
 
 def open_upload(source: Source, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_UPLOAD_BYTES,
                 work_side: int = WORK_SIDE) -> Image.Image:
-    """Open an untrusted image upload safely and return it as 8-bit RGB.
+    """Open an untrusted image upload safely and return it as 8-bit RGB (:func:`decode_rgb8`'s rules).
 
     Args:
         source: the uploaded bytes, a file object, or the path of the server's own temp file (never a
@@ -154,21 +277,27 @@ def open_upload(source: Source, max_pixels: int = MAX_PIXELS, max_bytes: int = M
 
     Returns:
         A fully loaded RGB ``PIL.Image``; ``info["original_size"]`` is the size before downscaling.
-        Multi-page TIFFs and animated GIF/WebP give their first frame.
 
     Raises:
         UploadError: (a ``ValueError``) empty, truncated, corrupt or unsupported files, with
             ``status`` 400/413/415 and a message that says what was expected.
     """
-    stream = _as_stream(source, max_bytes)
-    try:
-        image = _open_header(stream, max_pixels)
-        original_size = image.size
-        image = to_rgb8(_decode(image, work_side))
-        if max(image.size) > work_side:
-            image.thumbnail((work_side, work_side), Image.Resampling.BILINEAR, reducing_gap=3.0)
-        image.info["original_size"] = original_size
-        return image
-    finally:
-        if not isinstance(source, (bytes, bytearray, memoryview)) and isinstance(source, (str, os.PathLike)):
-            stream.close()
+    rgb, original_size = _load(source, max_pixels, max_bytes, work_side)
+    image = Image.fromarray(rgb, mode="RGB")
+    image.info["original_size"] = original_size
+    return image
+
+
+def open_image_file(path: "str | os.PathLike", max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """A local image file as RGB, like :func:`open_upload` but without the upload byte limit (``predict``).
+
+    Raises:
+        UploadError: not an image file, or a folder, or unreadable, with a message that says what was expected.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UploadError(f"{path} is a folder; expected an image file (pass the folder's images, or the folder "
+                          f"itself to `predict`, which expands it).")
+    if not path.exists():
+        raise UploadError(f"{path} does not exist; expected an image file.")
+    return open_upload(path, max_pixels=max_pixels, max_bytes=None)

@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .calibration import SINGLE_PASS
 from .config import TTA_MODES
 from .hub import DEFAULT_MODEL_DIR, LoadedModel, load_model
+from .imageio import decode_rgb8, open_image_file
 from .model import data_config
 from .transforms import preprocess, resize_uint8, tta_views
 
@@ -28,21 +28,9 @@ BACKENDS = ("torch", "onnx")
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    """Any PIL image -> uint8 RGB ``(3, H, W)``, the way training saw patches.
-
-    EXIF orientation is applied; palette, grayscale, alpha and 16-bit images are converted to 8-bit RGB
-    (16-bit data scaled by its full range; alpha dropped onto black, as the RGB bands of a scene).
-    """
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(image, dtype=np.float64)
-        scale = 65535.0 if arr.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(arr / scale * 255.0, 0, 255).astype(np.uint8), mode="L")
-    elif image.mode == "F":
-        arr = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8))
-    rgb = image.convert("RGB")
-    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
+    """Any PIL image -> uint8 RGB ``(3, H, W)`` by :func:`landcover.imageio.decode_rgb8` (the project's one
+    decode path: EXIF orientation, 16-bit scaling, transparency onto black)."""
+    return torch.from_numpy(decode_rgb8(image)).permute(2, 0, 1)
 
 
 class MicroBatcher:
@@ -295,12 +283,7 @@ class Predictor:
         return torch.cat([resize_uint8(t, size) for t in tensors])
 
     def predict_files(self, paths: Iterable[str | Path], top_k: Optional[int] = None) -> list[dict[str, float]]:
-        images = []
-        for p in paths:
-            with Image.open(p) as im:
-                im.load()
-                images.append(im)
-        return self.predict(images, top_k=top_k)
+        return self.predict([open_image_file(p) for p in paths], top_k=top_k)
 
 
 def load_predictor(ref: Optional[str] = None, backend: str = "onnx", **options) -> Predictor:

@@ -141,3 +141,43 @@ def test_evaluate_tta_mode_record_and_no_tta(tiny_model_dir, eurosat_folder, tmp
     assert plain["accuracy"] == metrics["test_without_tta"]["accuracy"]
     bad = run(*common, "--tta", "rot45")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_predict_reports_bad_files_without_hiding_the_good_ones(tiny_model_dir, tmp_path):
+    folder = tmp_path / "patches"
+    folder.mkdir()
+    good = []
+    for c in (1, 4):
+        good.append(folder / f"patch_{c}.png")
+        Image.fromarray(class_patch(c, np.random.default_rng(c))).save(good[-1])
+    from test_imageio import _geotiff, _sentinel2_patch
+
+    good.append(folder / "sentinel2_13_bands.tif")  # EuroSAT-MS style: 13 uint16 bands, no descriptions
+    good[-1].write_bytes(_geotiff(_sentinel2_patch(13)))
+    (folder / "readme.txt").write_text("not an image, and not listed: wrong suffix")
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("a text file named like a JPEG")
+    common = ("-m", "landcover", "predict", "--model", str(tiny_model_dir))
+    proc = run(*common, str(bad), str(folder), "--json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [r["image"] for r in rows] == [str(bad), *map(str, good)]  # the folder became its three images
+    assert "not a readable image" in rows[0]["error"] and "label" not in rows[0]
+    expected = Predictor.load(str(tiny_model_dir)).predict_files(good, top_k=3)
+    assert [r["probabilities"] for r in rows[1:]] == expected
+    assert "1 of 4 file(s) could not be classified" in proc.stderr
+
+    text = run(*common, str(good[0]), str(bad))
+    assert text.returncode == 1
+    assert text.stdout.startswith(f"{good[0]}: ") and f"error: {bad}: " in text.stderr
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _assert_clean_error(run(*common, str(empty)), "holds no image files")
+
+
+def test_predict_top_k_must_be_positive(tiny_model_dir, tmp_path):
+    path = tmp_path / "p.png"
+    Image.fromarray(class_patch(0, np.random.default_rng(0))).save(path)
+    proc = run("-m", "landcover", "predict", "--model", str(tiny_model_dir), str(path), "--top-k", "0")
+    assert proc.returncode == 2 and "--top-k: expected a whole number >= 1, got 0" in proc.stderr
