@@ -28,7 +28,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from landcover import scene as sc  # noqa: E402
+from landcover import mapping, raster  # noqa: E402
 from landcover.labels import PATCH_SIZE_PX  # noqa: E402
 
 
@@ -76,15 +76,16 @@ def main(argv=None) -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         path = build_scene(args.size, args.data, Path(tmp))
-        with sc.open_scene(path) as scene:
-            rows, cols = sc.tile_grid(scene.height, scene.width, stride=args.stride)
-            tiles = torch.from_numpy(np.concatenate([t for _, _, t in sc.iter_tiles(scene, args.stride, 4096)]))
+        with raster.open_scene(path) as scene:
+            rows, cols = mapping.tile_grid(scene.height, scene.width, stride=args.stride)
+            tiles = torch.from_numpy(np.concatenate([b.tiles.reshape(-1, *b.tiles.shape[2:])
+                                                     for b in mapping.iter_blocks(scene, args.stride)]))
             predictor.predict_tensor(tiles[:64], batch_size=64, tta=args.tta)  # warm-up (allocations, kernels)
             for bs in [int(b) for b in args.batch_sizes.split(",")]:
                 best_map = best_model = best_cpu = float("inf")
                 for _ in range(args.repeat):
                     t0, c0 = time.perf_counter(), time.process_time()
-                    sc.map_scene(predictor, scene, args.stride, batch_size=bs, progress=False, tta=args.tta)
+                    mapping.map_scene(predictor, scene, args.stride, batch_size=bs, progress=False, tta=args.tta)
                     best_map = min(best_map, time.perf_counter() - t0)
                     best_cpu = min(best_cpu, time.process_time() - c0)
                     t0 = time.perf_counter()

@@ -146,6 +146,187 @@ def _add_backend(parser: argparse.ArgumentParser) -> None:
                              "faster on the CPU).")
 
 
+# ---------------------------------------------------------------- map and change (scene commands)
+
+
+def _bands_arg(text: str) -> tuple[int, ...]:
+    try:
+        bands = tuple(int(b) for b in text.replace(" ", "").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three 1-based band numbers like 4,3,2, got {text!r}") from None
+    if len(bands) != 3:
+        raise argparse.ArgumentTypeError(f"expected three band numbers (R,G,B), got {text!r}")
+    return bands
+
+
+def _add_scene_options(p: argparse.ArgumentParser, model_help: str) -> None:
+    from .labels import PATCH_SIZE_PX
+    from .radiometry import KINDS
+
+    p.add_argument("--model", default=None, help=model_help)
+    p.add_argument("--stride", type=int, default=PATCH_SIZE_PX,
+                   help=f"Tile step in px; divides {PATCH_SIZE_PX}. Below {PATCH_SIZE_PX}, overlapping tiles are "
+                        f"averaged per stride x stride cell (default {PATCH_SIZE_PX}: one cell per tile).")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="Tiles per forward pass (bounds memory).")
+    p.add_argument("--bands", type=_bands_arg, default=None,
+                   help="Raster bands to use as R,G,B, 1-based (default: B04/B03/B02 or red/green/blue from the "
+                        "band descriptions, else the usual Sentinel-2 stack orders).")
+    p.add_argument("--scale", default="auto", choices=("auto",) + KINDS,
+                   help="How the values are stored (default auto: inferred from dtype, metadata and values; "
+                        "the choice is printed): uint8 as is, x10000 / x1000 integer reflectance, float "
+                        "reflectance 0..1, display16 (0..65535 display image).")
+    p.add_argument("--offset", type=float, default=None,
+                   help="Raw value subtracted first (1000 for Sentinel-2 baseline >= 04.00; default inferred).")
+    p.add_argument("--clip", type=float, default=None,
+                   help="Raw value (after the offset) shown as 255; overrides --scale (EuroSAT: 2750 for "
+                        "reflectance x 10000).")
+    p.add_argument("--pixel-size", type=float, default=None,
+                   help="Ground pixel size in metres (default: from the GeoTIFF, else 10 m assumed). Scenes not "
+                        "at ~10 m are resampled to 10 m before tiling.")
+    p.add_argument("--no-resample", dest="resample", action="store_false",
+                   help="Tile at the native pixel size even when it is not ~10 m (the model expects 10 m).")
+    p.add_argument("--geotiff", default=None, help="Also write the class raster(s) as a GeoTIFF with the scene's "
+                                                   "CRS and transform (georeferenced scenes only).")
+    p.add_argument("--geojson", default=None, help="Also write class regions as GeoJSON polygons in the scene's "
+                                                   "CRS (georeferenced scenes only).")
+    p.add_argument("--backend", default="onnx", choices=("torch", "onnx"),
+                   help="Inference backend (default onnx: ONNX Runtime, exported once and cached; falls back "
+                        "to torch if the export fails).")
+    p.add_argument("--tta", nargs="?", const=True, default=False, choices=tuple(TTA_MODES), metavar="MODE",
+                   help=f"Average flips/rotations of every tile ({tta_choices_help()}; bare --tta: the model's mode "
+                        f"or d4). Maps use one pass by default.")
+    p.add_argument("--json", action="store_true", help="Print one JSON object on stdout.")
+    p.add_argument("--no-progress", action="store_true", help="No progress bar.")
+
+
+def add_scene_commands(sub) -> None:
+    """Add ``map`` and ``change`` to the ``python -m landcover`` subparsers."""
+    model_help = "Model folder or Hub id org/name[@revision] (default: the embedded model)."
+    scene_help = ("PNG/JPEG, GeoTIFF (RGB or Sentinel-2 bands), STAC item JSON (path or URL), or a folder of "
+                  "per-band files (B02/B03/B04, optional SCL)")
+    mp = sub.add_parser("map", help="Land-cover map of a whole scene.",
+                        description="Tile a scene into 64 px patches at 10 m, classify them, and write a "
+                                    "colour-coded map with legend and per-class areas (clouds masked when the "
+                                    "product has an SCL layer).")
+    mp.add_argument("scene", help=scene_help + ".")
+    mp.add_argument("--out", required=True, help="Class map PNG with legend and areas.")
+    mp.add_argument("--overlay", default=None, help="Also write the map blended over the scene (PNG).")
+    mp.add_argument("--confidence", default=None, help="Also write per-cell confidence as a greyscale PNG.")
+    _add_scene_options(mp, model_help)
+    mp.set_defaults(func=_map_command)
+
+    ch = sub.add_parser("change", help="Land-cover change between two co-registered scenes.",
+                        description="Read both dates the same way, map them on the same grid, and report "
+                                    "per-tile class changes and a from->to transition matrix.")
+    ch.add_argument("before", help=f"Earlier scene: {scene_help}.")
+    ch.add_argument("after", help="Later scene (same grid: size, and for GeoTIFFs CRS and transform).")
+    ch.add_argument("--out", required=True, help="Change map PNG (before | after | changes, with legend).")
+    ch.add_argument("--min-confidence", type=float, default=0.5,
+                    help="A tile counts as changed only where both dates reach this confidence (default 0.5).")
+    _add_scene_options(ch, model_help)
+    ch.set_defaults(func=_change_command)
+
+
+def _open_scene(path: str, args):
+    from .radiometry import scaling_from_flags
+    from .raster import open_scene
+
+    given = scaling_from_flags(args.scale, args.offset, args.clip)
+    return open_scene(path, bands=args.bands, given=given, pixel_size_m=args.pixel_size, resample=args.resample)
+
+
+def _report_scene(scene, label: str = "") -> None:
+    """Radiometry, resampling and warnings on stderr (stdout stays JSON with --json)."""
+    info = scene.describe()
+    prefix = f"{label}: " if label else ""
+    print(f"{prefix}radiometry: {scene.radiometry.describe()}", file=sys.stderr)
+    for note in info["notes"]:
+        print(f"{prefix}{note}", file=sys.stderr)
+    for warning in info["warnings"]:
+        print(f"{prefix}WARNING: {warning}", file=sys.stderr)
+
+
+def _need_georeference(scene, args, name: str) -> None:
+    for flag in ("geotiff", "geojson"):
+        if getattr(args, flag) and not scene.georeferenced:
+            raise ValueError(f"--{flag} needs a georeferenced scene; {name!r} has no CRS/transform. "
+                             f"Drop --{flag}, or use --out for a PNG map.")
+
+
+def _map_command(args) -> int:
+    from . import export, render
+    from .mapping import map_scene
+    from .predict import load_predictor
+
+    with _open_scene(args.scene, args) as scene:
+        _need_georeference(scene, args, args.scene)
+        _report_scene(scene)
+        predictor = load_predictor(args.model, backend=args.backend)
+        result = map_scene(predictor, scene, args.stride, args.batch_size, False if args.no_progress else None,
+                           args.tta)
+        render.render_map_with_legend(result).save(args.out)
+        written = {"map": args.out}
+        if args.overlay:
+            render.render_overlay(result, scene).save(args.overlay)
+            written["overlay"] = args.overlay
+        if args.confidence:
+            render.render_confidence(result).save(args.confidence)
+            written["confidence"] = args.confidence
+        if args.geotiff:
+            export.write_class_geotiff(result, args.geotiff)
+            written["geotiff"] = args.geotiff
+        if args.geojson:
+            export.write_geojson(export.class_geojson(result), args.geojson)
+            written["geojson"] = args.geojson
+    if args.json:
+        print(json.dumps({**result.to_json(), "outputs": written}))
+        return 0
+    rows, cols = result.grid.shape
+    print(f"scene {args.scene}: {result.width}x{result.height} px, {rows}x{cols} cells of {result.stride} px")
+    print(f"pixel size: {result.pixel_size_source}")
+    for name, row in sorted(result.area_table().items(), key=lambda kv: -kv[1]["cells"]):
+        print(f"  {name:22s} {row['percent']:6.2f} %  {row['km2']:10.4f} km²")
+    for reason, row in result.masked_table().items():
+        print(f"  masked: {reason:14s} {row['cells']:6d} cells {row['km2']:10.4f} km²")
+    print("wrote " + ", ".join(f"{k} {v}" for k, v in written.items()))
+    return 0
+
+
+def _change_command(args) -> int:
+    from . import export
+    from .change import check_same_grid, detect_change, render_change
+
+    with _open_scene(args.before, args) as before, _open_scene(args.after, args) as after:
+        check_same_grid(before, after)  # before loading the model: fail fast
+        _need_georeference(before, args, args.before)
+        _report_scene(before, "before")
+        _report_scene(after, "after")
+        from .predict import load_predictor
+
+        predictor = load_predictor(args.model, backend=args.backend)
+        result = detect_change(predictor, before, after, args.stride, args.batch_size, args.min_confidence,
+                               False if args.no_progress else None, args.tta)
+        render_change(result, after).save(args.out)
+    written = {"change": args.out}
+    if args.geotiff:
+        export.write_change_geotiff(result, args.geotiff)
+        written["geotiff"] = args.geotiff
+    if args.geojson:
+        export.write_geojson(export.change_geojson(result), args.geojson)
+        written["geojson"] = args.geojson
+    data = result.to_json()
+    if args.json:
+        print(json.dumps({**data, "outputs": written}))
+        return 0
+    print(f"{data['rows']}x{data['cols']} tiles: {data['changed_tiles']} changed ({data['changed_km2']:.4f} km²), "
+          f"{data['unchanged_tiles']} unchanged, {data['uncertain_tiles']} below confidence {args.min_confidence:g}, "
+          f"{data['masked_tiles']} masked")
+    for t in data["transitions"]:
+        print(f"  {t['from']:22s} -> {t['to']:22s} {t['tiles']:6d} tiles  {t['km2']:10.4f} km²")
+    print("wrote " + ", ".join(f"{k} {v}" for k, v in written.items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m landcover", description="EuroSAT land-cover tools.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -186,9 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--revision", default=None, help="Branch to push to (created if missing).")
     pu.set_defaults(func=_push)
 
-    from .scene import register_scene_commands  # map, change
-
-    register_scene_commands(sub)
+    add_scene_commands(sub)
     return parser
 
 
