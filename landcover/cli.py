@@ -57,7 +57,11 @@ def _evaluate(args) -> int:
         print(json.dumps(result))
     else:
         print(f"model {result['model']}  data {result['data']}  split {result['split']}  n {result['n']}")
-        print(f"accuracy {result['accuracy']:.4f}  macro F1 {result['macro_f1']:.4f}")
+        low, high = result["accuracy_ci95"]
+        print(f"accuracy {result['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f})  macro F1 {result['macro_f1']:.4f}")
+        if result["ece"] is not None:
+            print(f"ECE {result['ece']:.4f}  NLL {result['nll']:.4f}  (temperature {result['temperature']:g}, "
+                  f"test-time augmentation {result['test_time_augmentation'] or 'none'})")
         for name, m in result["per_class"].items():
             print(f"  {name:22s} P {m['precision']:.3f}  R {m['recall']:.3f}  F1 {m['f1']:.3f}  n {m['support']}")
     return 0

@@ -1,7 +1,9 @@
-"""One dataclass per job. Each is saved as JSON next to what it produced.
+"""Training configuration (saved as ``train_config.json``) and the test-time augmentation modes.
 
-The command-line parsers are generated from these dataclasses, so every field is a flag with
-help text and every flag lands in the saved config (nothing is parsed and then dropped).
+``train.py``'s parser is generated from :class:`TrainConfig` (:func:`add_dataclass_arguments`), so every
+field is a flag with help text and every flag lands in the saved config (nothing is parsed and then
+dropped). The inference commands (``python -m landcover ...``) have hand-written parsers in
+:mod:`landcover.cli`: their flags are not saved anywhere.
 """
 
 from __future__ import annotations
@@ -102,16 +104,6 @@ class TrainConfig:
     max_steps: Optional[int] = _flag(None, "Stop after this many optimiser steps in total (smoke tests).")
 
 
-@dataclass
-class MapConfig:
-    """A scene-mapping job (saved next to its outputs as ``map_config.json``)."""
-
-    scene: str = _flag("", "Scene image: PNG/JPEG or GeoTIFF.")
-    model: Optional[str] = _flag(None, "Model folder or Hub id (default: the embedded model).")
-    stride: int = _flag(64, "Tile stride in scene pixels (at most the patch size).")
-    batch_size: int = _flag(256, "Tiles per batch.")
-
-
 def to_json(config: Any, path: str | Path) -> None:
     """Write a config dataclass to ``path`` as indented JSON."""
     Path(path).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
@@ -148,10 +140,3 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:
             parser.add_argument(flag, type=tp, default=default, help=help_text)
-
-
-def parse_config(cls: type, argv: Optional[list[str]] = None, description: str = "") -> Any:
-    """Parse command-line arguments into a ``cls`` instance."""
-    parser = argparse.ArgumentParser(description=description)
-    add_dataclass_arguments(parser, cls)
-    return cls(**vars(parser.parse_args(argv)))

@@ -97,8 +97,9 @@ def collate_batch(batch):
 # ---------------------------------------------------------------- loading
 
 
-def _load_raw(ref: str):
-    """``datasets.load_dataset`` for a Hub id, an imagefolder or a parquet folder."""
+def _load_raw(ref: str, flag: str = "--dataset"):
+    """``datasets.load_dataset`` for a Hub id, an imagefolder or a parquet folder (``flag``: the command-line
+    flag that passes ``ref``, named in the errors)."""
     import datasets
 
     path = Path(ref).expanduser()
@@ -117,7 +118,7 @@ def _load_raw(ref: str):
     except (FileNotFoundError, ConnectionError, OSError) as err:
         raise DatasetNotFoundError(
             f"Could not load Hub dataset {ref!r} ({type(err).__name__}: {err}). Check the id and your network, "
-            f"or pass a local folder with --dataset (e.g. an unzipped EuroSAT.zip).") from err
+            f"or pass a local folder with {flag} (e.g. an unzipped EuroSAT.zip).") from err
 
 
 def _class_names(split) -> list[str]:
@@ -165,20 +166,45 @@ def _file_id(item: dict, root: Optional[str], fallback: str) -> str:
     return Path(path).name if path else fallback
 
 
-def decode_split(split, name: str, label_map: np.ndarray, root: Optional[str], size: Optional[int] = None,
-                 threads: int = 4) -> tuple[Patches, list[str]]:
-    """Decode a ``datasets`` split into a :class:`Patches`. Undecodable images are skipped and returned."""
+@dataclass
+class RawSplit:
+    """A split's undecoded image items (``datasets`` dicts with ``bytes``/``path``), labels and file ids."""
+
+    name: str
+    items: list[dict]
+    labels: np.ndarray
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, index: Sequence[int], name: Optional[str] = None) -> "RawSplit":
+        return RawSplit(name or self.name, [self.items[i] for i in index], self.labels[list(index)],
+                        [self.ids[i] for i in index])
+
+
+def index_split(split, name: str, label_map: np.ndarray, root: Optional[str]) -> RawSplit:
+    """A ``datasets`` split's items, labels (in our class order) and file ids, without decoding any image."""
     import datasets
 
     raw = split.cast_column("image", datasets.Image(decode=False))
-    items = raw["image"]
+    items = list(raw["image"])
     labels = label_map[np.asarray(raw["label"], dtype=np.int64)]
-    ids = [_file_id(item, root, f"{name}/{i}") for i, item in enumerate(items)]
+    return RawSplit(name, items, labels, [_file_id(item, root, f"{name}/{i}") for i, item in enumerate(items)])
+
+
+def decode_raw(raw: RawSplit, size: Optional[int] = None, threads: int = 4) -> tuple[Patches, list[str]]:
+    """Decode a :class:`RawSplit` into :class:`Patches` (with a progress bar). Undecodable images are skipped
+    and returned."""
+    from tqdm.auto import tqdm
+
+    items, ids = raw.items, raw.ids
     first = _decode_one(items[0], None) if items else None
     if size is None and first is not None and first.shape[-1] != first.shape[-2]:
         size = max(first.shape[-2:])  # non-square data: store square
     with ThreadPoolExecutor(threads) as pool:
-        decoded = list(pool.map(lambda it: _decode_one(it, size), items))
+        decoded = list(tqdm(pool.map(lambda it: _decode_one(it, size), items), total=len(items),
+                            desc=f"decoding {raw.name}", leave=False, disable=len(items) < 1000))
     if size is None and decoded:  # mixed sizes: store everything at the first image's size
         shapes = {tuple(d.shape[-2:]) for d in decoded if d is not None}
         if len(shapes) > 1:
@@ -187,9 +213,15 @@ def decode_split(split, name: str, label_map: np.ndarray, root: Optional[str], s
     keep = [i for i, d in enumerate(decoded) if d is not None]
     skipped = [ids[i] for i, d in enumerate(decoded) if d is None]
     if skipped:
-        warnings.warn(f"Skipped {len(skipped)} undecodable image(s) in split {name!r}, e.g. {skipped[:3]}.")
+        warnings.warn(f"Skipped {len(skipped)} undecodable image(s) in split {raw.name!r}, e.g. {skipped[:3]}.")
     images = torch.stack([decoded[i] for i in keep]) if keep else torch.empty(0, 3, 64, 64, dtype=torch.uint8)
-    return Patches(images, torch.as_tensor(labels[keep]), [ids[i] for i in keep]), skipped
+    return Patches(images, torch.as_tensor(raw.labels[keep]), [ids[i] for i in keep]), skipped
+
+
+def decode_split(split, name: str, label_map: np.ndarray, root: Optional[str], size: Optional[int] = None,
+                 threads: int = 4) -> tuple[Patches, list[str]]:
+    """Decode a ``datasets`` split into a :class:`Patches`. Undecodable images are skipped and returned."""
+    return decode_raw(index_split(split, name, label_map, root), size, threads)
 
 
 # ---------------------------------------------------------------- splitting
@@ -243,7 +275,8 @@ def _find_split_name(raw, name: str) -> Optional[str]:
 
 def load_eurosat(ref: str, *, seed: int = 42, val_fraction: float = 0.1, test_fraction: float = 0.2,
                  allow_custom_classes: bool = False, max_train_samples: Optional[int] = None,
-                 recorded_splits: Optional[dict[str, list[str]]] = None) -> EuroSAT:
+                 recorded_splits: Optional[dict[str, list[str]]] = None, splits: Sequence[str] = SPLITS,
+                 flag: str = "--dataset") -> EuroSAT:
     """Load and decode a EuroSAT-style dataset into train/validation/test :class:`Patches`.
 
     Args:
@@ -255,39 +288,56 @@ def load_eurosat(ref: str, *, seed: int = 42, val_fraction: float = 0.1, test_fr
         max_train_samples: Keep a stratified subset of this many training patches.
         recorded_splits: File lists per split (``splits.json`` of a model folder); when given, these
             decide the split of a local folder instead of the seed.
+        splits: The splits to return; only their images are decoded where the split is known without
+            decoding (the dataset's own splits, recorded files). A generated split decodes its source first, as
+            in training, so undecodable files never change it.
+        flag: The command-line flag that passed ``ref`` (named in errors).
 
     Raises:
         DatasetNotFoundError: ``ref`` is neither a folder nor a loadable Hub dataset.
         ClassMismatchError: the classes are not the EuroSAT ten (and custom classes are not allowed).
     """
-    raw, source = _load_raw(ref)
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"Unknown split(s) {unknown}; expected some of {list(SPLITS)}.")
+    raw, source = _load_raw(ref, flag)
     root = source if Path(source).is_dir() else None
-    first = next(iter(raw.values()))
-    class_names, label_map = _resolve_classes(_class_names(first), allow_custom_classes)
-    decoded: dict[str, Patches] = {}
+    class_names, label_map = _resolve_classes(_class_names(next(iter(raw.values()))), allow_custom_classes)
+    indexed = {name: index_split(split, name, label_map, root) for name, split in raw.items()}
+    own = {name: _find_split_name(raw, name) for name in SPLITS}
     skipped: list[str] = []
-    for name, split in raw.items():
-        patches, bad = decode_split(split, name, label_map, root)
-        decoded[name] = patches
-        skipped += bad
-    own = {name: _find_split_name(raw, name) is not None for name in SPLITS}
+
+    def decode(part: RawSplit) -> Patches:
+        patches, bad = decode_raw(part)
+        skipped.extend(bad)
+        return patches
+
     if recorded_splits:
-        allp = _concat(list(decoded.values()))
-        position = {f: i for i, f in enumerate(allp.files)}
-        missing = [f for files in recorded_splits.values() for f in files if f not in position]
-        if missing:
-            raise ValueError(f"{len(missing)} file(s) of the recorded split are not in {source}, e.g. {missing[:3]}. "
-                             f"Point --data at the folder the model was trained on.")
-        splits = {name: allp.subset([position[f] for f in files]) for name, files in recorded_splits.items()}
-        origin = "recorded split files (splits.json)"
+        out, origin = _recorded(indexed, recorded_splits, splits, source, decode), "recorded split files (splits.json)"
     elif all(own.values()):
-        splits = {name: decoded[_find_split_name(raw, name)] for name in SPLITS}
-        origin = "dataset's own splits"
+        out, origin = {name: decode(indexed[own[name]]) for name in splits}, "dataset's own splits"
     else:
-        splits, origin = _make_splits(decoded, raw, own, seed, val_fraction, test_fraction)
-    if max_train_samples and max_train_samples < len(splits["train"]):
-        splits["train"] = splits["train"].subset(stratified_subset(splits["train"].labels, max_train_samples, seed))
-    return EuroSAT(splits, class_names, source, origin, skipped)
+        decoded = {name: decode(part) for name, part in indexed.items()
+                   if not own["train"] or name == own["train"] or name in (own[s] for s in splits)}
+        out, origin = _make_splits(decoded, raw, {n: own[n] is not None for n in SPLITS}, seed, val_fraction,
+                                   test_fraction)
+        out = {name: out[name] for name in splits}
+    if max_train_samples and "train" in out and max_train_samples < len(out["train"]):
+        out["train"] = out["train"].subset(stratified_subset(out["train"].labels, max_train_samples, seed))
+    return EuroSAT(out, class_names, source, origin, skipped)
+
+
+def _recorded(indexed: dict[str, RawSplit], recorded: dict[str, list[str]], splits: Sequence[str], source: str,
+              decode) -> dict[str, Patches]:
+    """The recorded file lists of ``splits``, decoding only those files."""
+    everything = RawSplit("all", [it for p in indexed.values() for it in p.items],
+                          np.concatenate([p.labels for p in indexed.values()]), [f for p in indexed.values() for f in p.ids])
+    position = {f: i for i, f in enumerate(everything.ids)}
+    missing = [f for name in splits for f in recorded.get(name, []) if f not in position]
+    if missing:
+        raise ValueError(f"{len(missing)} file(s) of the recorded split are not in {source}, e.g. {missing[:3]}. "
+                         f"Point --data at the folder the model was trained on.")
+    return {name: decode(everything.take([position[f] for f in recorded.get(name, [])], name)) for name in splits}
 
 
 def _make_splits(decoded, raw, own, seed, val_fraction, test_fraction):
@@ -303,15 +353,15 @@ def _make_splits(decoded, raw, own, seed, val_fraction, test_fraction):
     index = stratified_split(base.labels.numpy(), base.files, fractions, seed)
     splits = {n: base.subset(index[n]) for n in fractions}
     for n in SPLITS:
-        if own[n] and n != "train":
+        if own[n] and n != "train" and _find_split_name(raw, n) in decoded:
             splits[n] = decoded[_find_split_name(raw, n)]
     pct = "/".join(f"{round(100 * fractions.get(n, 0))}" for n in SPLITS)
     return splits, f"stratified {pct} split of {'train' if own['train'] else 'all files'} (seed {seed})"
 
 
-def load_folder_patches(ref: str, class_names: Sequence[str]) -> Patches:
+def load_folder_patches(ref: str, class_names: Sequence[str], flag: str = "--data") -> Patches:
     """All images of a dataset (``--split all``), labelled in ``class_names`` order."""
-    raw, source = _load_raw(ref)
+    raw, source = _load_raw(ref, flag)
     root = source if Path(source).is_dir() else None
     names = _class_names(next(iter(raw.values())))
     unknown = sorted(set(names) - set(class_names))

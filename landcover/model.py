@@ -59,42 +59,50 @@ def create_model(name: str, *, num_classes: int, pretrained: bool = False, drop_
 
 
 def data_config(model: torch.nn.Module) -> dict:
-    """Preprocessing that travels with the model: input size, mean, std, crop_pct, interpolation."""
-    cfg = model.pretrained_cfg
-    return {
-        "input_size": tuple(cfg.get("input_size", (3, 224, 224))),
-        "mean": tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-        "std": tuple(cfg.get("std", (0.229, 0.224, 0.225))),
-        "crop_pct": float(cfg.get("crop_pct", 1.0)),
-        "interpolation": cfg.get("interpolation", "bilinear"),
-    }
+    """Preprocessing that travels with the model (input size, mean, std, crop, interpolation), as timm
+    resolves it from ``model.pretrained_cfg`` (:func:`create_model` states it once)."""
+    from timm.data import resolve_model_data_config
+
+    return resolve_model_data_config(model)
 
 
-def classifier_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return list(model.get_classifier().parameters())
+def _backbone_modules(model: torch.nn.Module) -> list[str]:
+    """Names of the modules that hold every parameter outside the classifier (siblings along its path)."""
+    head = model.get_classifier()
+    path = next(name for name, module in model.named_modules() if module is head).split(".")
+    names, parent, prefix = [], model, ""
+    for part in path:
+        names += [prefix + name for name, child in parent.named_children() if name != part
+                  and any(True for _ in child.parameters())]
+        parent, prefix = getattr(parent, part), prefix + part + "."
+    return names
 
 
 def set_backbone_frozen(model: torch.nn.Module, frozen: bool) -> None:
-    """Freeze (or unfreeze) every parameter except the classifier's.
+    """Freeze (or unfreeze) every parameter except the classifier's (``timm.utils.freeze``/``unfreeze``).
 
-    While frozen, the backbone's norm layers also run in eval mode (see :func:`train_mode`), so its
-    running statistics stay fixed too: a frozen backbone really does not change.
+    BatchNorm statistics are kept fixed by :func:`train_mode` (eval mode), not by timm's
+    ``include_bn_running_stats``: that swaps BatchNorm modules for ``FrozenBatchNorm2d``, which would leave
+    the optimizer holding stale parameters after unfreezing and change the checkpoint's keys.
     """
-    head = {id(p) for p in classifier_parameters(model)}
-    for p in model.parameters():
-        p.requires_grad_(not frozen or id(p) in head)
-    model._landcover_frozen = frozen  # read by train_mode()
+    from timm.utils import freeze, unfreeze
+
+    modules = _backbone_modules(model)
+    (freeze if frozen else unfreeze)(model, modules, include_bn_running_stats=False)
+    head = {id(p) for p in model.get_classifier().parameters()}
+    owned = {id(p) for name in modules for p in model.get_submodule(name).parameters()}
+    for p in model.parameters():  # parameters held by no submodule (a ViT's cls_token, pos_embed)
+        if id(p) not in head and id(p) not in owned:
+            p.requires_grad_(not frozen)
 
 
-def train_mode(model: torch.nn.Module) -> None:
-    """``model.train()``, keeping a frozen backbone in eval mode (fixed BatchNorm statistics)."""
+def train_mode(model: torch.nn.Module, frozen_backbone: bool = False) -> None:
+    """``model.train()``; with ``frozen_backbone``, everything but the classifier stays in eval mode (fixed
+    BatchNorm statistics, no dropout), so a frozen backbone really does not change."""
     model.train()
-    if getattr(model, "_landcover_frozen", False):
-        head = model.get_classifier()
-        for module in model.modules():
-            if module is not head and not any(module is m for m in head.modules()):
-                module.eval()
-        head.train()
+    if frozen_backbone:
+        for name in _backbone_modules(model):
+            model.get_submodule(name).eval()
 
 
 def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -124,6 +132,10 @@ def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_mapped_checkpoint(model: torch.nn.Module, path: str | Path) -> list[str]:
     """Initialise ``model`` from a state dict whose keys may use another naming.
+
+    Hand-written rather than timm's ``remap_state_dict``, which zips the two state dicts as they are: it
+    cannot skip ``num_batches_tracked`` counters one side lacks nor leave a classifier of another size
+    fresh, and it fails with ``assert`` instead of an error that names the fix.
 
     Keys are matched by name when they all exist in the model; otherwise by **order and shape**
     (e.g. ``efficientnet-lite0-57934424.pth`` from PyPI, with ``_conv_stem``/``_blocks.N`` names, into

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from .training import TrainResult
 
 # What ``evaluate --record`` copies from an evaluation into metrics.json's "test".
-RECORDED_KEYS = ("accuracy", "macro_f1", "n", "per_class", "confusion_matrix", "accuracy_ci95", "ece", "nll")
+RECORDED_KEYS = ("accuracy", "macro_f1", "n", "per_class", "confusion_matrix", "accuracy_ci95", "ece", "nll",
+                 "temperature")
 
 
 def _model_config(result: "TrainResult") -> dict:

@@ -70,26 +70,37 @@ def build_model(cfg: TrainConfig, class_names: list[str]) -> torch.nn.Module:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on norms and biases; fused kernels on CUDA."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = torch.cuda.is_available() and next(model.parameters()).is_cuda
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
+    """timm's AdamW: no weight decay on norms, biases and the model's ``no_weight_decay()``; fused kernels on CUDA."""
+    from timm.optim import create_optimizer_v2
+
+    fused = {"fused": True} if next(model.parameters()).is_cuda else {}
+    return create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
-    """Linear warm-up, then cosine decay to zero, per optimiser step."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    """timm's cosine schedule per optimiser step: linear warm-up from ``lr / warmup_steps``, then cosine to zero.
+
+    Call ``step_update(step)`` after each optimiser step. It is not registered for accelerate checkpointing:
+    the rate is a function of the step number alone, which ``trainer_state.json`` restores on ``--resume``.
+    """
+    from timm.scheduler import CosineLRScheduler
+
+    base = optimizer.param_groups[0]["lr"]
+    return CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=0.0,
+                             warmup_t=warmup_steps, warmup_lr_init=base / max(1, warmup_steps), warmup_prefix=True,
+                             t_in_epochs=False)
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
 
 
 def make_accelerator(cfg: TrainConfig):
+    """The run's ``Accelerator``; accelerate picks the device (CUDA, MPS, XPU, NPU, TPU, ... or the CPU).
+
+    ``cpu=True`` only where torch sees no accelerator at all: accelerate runs several CPU processes (gloo, under
+    ``torchrun``) only when told ``cpu``, and picks every other device itself.
+    """
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 
@@ -99,16 +110,12 @@ def make_accelerator(cfg: TrainConfig):
         gradient_accumulation_steps=cfg.grad_accum,
         log_with=cfg.report_to,
         project_dir=cfg.output_dir,
-        cpu=not (torch.cuda.is_available() or _mps_available()),
+        cpu=not torch.accelerator.is_available(),
         # non_blocking: with pinned batches the host-to-device copy no longer waits for the GPU each step.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed,
                                                   non_blocking=torch.cuda.is_available()),
         kwargs_handlers=[ddp],
     )
-
-
-def _mps_available() -> bool:
-    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 def make_loaders(data: EuroSAT, cfg: TrainConfig):
@@ -221,9 +228,9 @@ def train_one_epoch(accelerator, model, loader, optimizer, scheduler, criterion,
                     prep: dict, step: int, memory_format, ema=None) -> tuple[dict, int]:
     """One epoch; returns its summary and the new global optimiser step."""
     model.train()
-    # The freeze flag lives on the bare model: under DDP, ``model`` is the wrapper (whose BatchNorm stats would
-    # otherwise update while the backbone is frozen).
-    train_mode(accelerator.unwrap_model(model, keep_torch_compile=False))
+    # On the bare model: under DDP, ``model`` is the wrapper (whose BatchNorm stats would otherwise update while
+    # the backbone is frozen).
+    train_mode(accelerator.unwrap_model(model, keep_torch_compile=False), frozen_backbone=epoch < cfg.freeze_epochs)
     # Per-epoch seeds (not a running RNG) make a resumed run replay exactly the same epochs.
     torch.manual_seed(cfg.seed * 1000 + epoch * 10 + accelerator.process_index)
     gen = make_generator(cfg.seed * 7919 + epoch * 104729 + accelerator.process_index)  # host-side parameters
@@ -245,8 +252,8 @@ def train_one_epoch(accelerator, model, loader, optimizer, scheduler, criterion,
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         if accelerator.sync_gradients:
-            scheduler.step()
             step += 1
+            scheduler.step_update(step)
             if ema is not None:
                 ema.update(accelerator.unwrap_model(model, keep_torch_compile=False), step=step)
         detached = loss.detach()
@@ -258,7 +265,7 @@ def train_one_epoch(accelerator, model, loader, optimizer, scheduler, criterion,
         bar.update(1)
         if (batch_index + 1) % cfg.log_every == 0 or batch_index + 1 == len(loader):
             _check_finite(first_bad, epoch, step, cfg)  # one sync every log_every steps
-            bar.set_postfix(loss=f"{float(loss_sum) / max(1, seen):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            bar.set_postfix(loss=f"{float(loss_sum) / max(1, seen):.4f}", lr=f"{current_lr(optimizer):.2e}")
         if cfg.max_steps is not None and step >= cfg.max_steps:
             break
     bar.close()
@@ -268,7 +275,7 @@ def train_one_epoch(accelerator, model, loader, optimizer, scheduler, criterion,
                                                                                    device=loss_sum.device)]))
     total_seen = max(1.0, float(totals[2]))
     return {"train_loss": float(totals[0]) / total_seen, "train_acc": float(totals[1]) / total_seen,
-            "lr": scheduler.get_last_lr()[0], "img_per_s": total_seen / max(seconds, 1e-9),
+            "lr": current_lr(optimizer), "img_per_s": total_seen / max(seconds, 1e-9),
             "train_seconds": seconds}, step
 
 
@@ -315,7 +322,6 @@ def train(cfg: TrainConfig) -> Optional[TrainResult]:
     steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
     scheduler = make_scheduler(optimizer, int(cfg.warmup_epochs * steps_per_epoch), total_steps)
-    accelerator.register_for_checkpointing(scheduler)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)  # takes raw logits
     if cfg.report_to:
         accelerator.init_trackers("landcover", config={k: v for k, v in asdict(cfg).items() if v is not None})
@@ -324,6 +330,7 @@ def train(cfg: TrainConfig) -> Optional[TrainResult]:
     best_state: Optional[dict] = None
     if cfg.resume:
         start_epoch, step, history, best, best_state = _resume(accelerator, cfg)
+        scheduler.step_update(step)
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     ema = make_ema(unwrapped, cfg)
     if cfg.resume and ema is not None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from datagen import class_patch, write_imagefolder
@@ -29,8 +30,9 @@ def run(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
 
 def test_evaluate_json_uses_the_recorded_test_split(tiny_model_dir, eurosat_folder):
     proc = run("-m", "landcover", "evaluate", "--model", str(tiny_model_dir), "--data", str(eurosat_folder),
-               "--split", "test", "--json")
+               "--split", "test", "--json", "--batch-size", "16")
     assert proc.returncode == 0, proc.stderr
+    assert "evaluating test" in proc.stderr  # a progress bar over the 50 images, 16 at a time
     result = json.loads(proc.stdout)
     assert {"model", "accuracy", "n", "per_class"} <= set(result)
     assert result["model"] == str(tiny_model_dir)
@@ -41,6 +43,18 @@ def test_evaluate_json_uses_the_recorded_test_split(tiny_model_dir, eurosat_fold
     trained = json.loads((tiny_model_dir / "metrics.json").read_text())["test"]
     assert result["accuracy"] == trained["accuracy"]
     assert result["confusion_matrix"] == trained["confusion_matrix"]
+    # Calibration as train.py scored it: the Predictor applies the temperature fitted on validation.
+    assert result["temperature"] == trained["temperature"]
+    for key in ("ece", "nll"):
+        assert abs(result[key] - trained[key]) < 1e-5, (key, result[key], trained[key])
+    assert result["accuracy_ci95"] == pytest.approx(trained["accuracy_ci95"])
+    assert result["accuracy_ci95"][0] <= result["accuracy"] <= result["accuracy_ci95"][1] + 1e-12
+
+
+def test_offline_hub_dataset_error_names_the_evaluate_flag(tiny_model_dir):
+    proc = run("-m", "landcover", "evaluate", "--model", str(tiny_model_dir), "--data", "timm/eurosat-rgb")
+    _assert_clean_error(proc, "Could not load Hub dataset 'timm/eurosat-rgb'", "pass a local folder with --data ")
+    assert "--dataset" not in proc.stderr
 
 
 def test_evaluate_split_all_counts_every_image(tiny_model_dir, eurosat_folder):
@@ -181,3 +195,22 @@ def test_predict_top_k_must_be_positive(tiny_model_dir, tmp_path):
     Image.fromarray(class_patch(0, np.random.default_rng(0))).save(path)
     proc = run("-m", "landcover", "predict", "--model", str(tiny_model_dir), str(path), "--top-k", "0")
     assert proc.returncode == 2 and "--top-k: expected a whole number >= 1, got 0" in proc.stderr
+
+
+def test_pyproject_matches_requirements_and_ships_the_model():
+    """``pip install .`` gets the same dependency ranges as ``pip install -r requirements.txt``, the embedded model,
+    the card template, and a ``landcover`` command that is ``python -m landcover``."""
+    import importlib
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    lines = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    assert sorted(project["project"]["dependencies"]) == sorted(line for line in lines if line)
+    module, _, function = project["project"]["scripts"]["landcover"].partition(":")
+    from landcover.cli import main
+    assert getattr(importlib.import_module(module), function) is main
+    patterns = project["tool"]["setuptools"]["package-data"]["landcover"]
+    shipped = {p.relative_to(ROOT / "landcover").as_posix() for pattern in patterns
+               for p in (ROOT / "landcover").glob(pattern) if p.is_file()}
+    assert {"default_model/model.safetensors", "default_model/config.json", "templates/model_card.md"} <= shipped
+    assert project["project"]["license"] == "Apache-2.0" and "Apache License" in (ROOT / "LICENSE").read_text()

@@ -53,6 +53,28 @@ def test_model_folder_records_the_split_file_lists(eurosat_folder, tiny_model_di
     assert replay.split_files() == recorded["files"]
 
 
+def test_one_split_decodes_only_its_own_images(tmp_path, recwarn):
+    """``evaluate --split test`` decodes the test files only: a broken training file is never even opened."""
+    folder = write_imagefolder(tmp_path / "data", per_class=10)
+    recorded = load_eurosat(str(folder), seed=42).split_files()
+    full_test = load_eurosat(str(folder), seed=42).splits["test"]
+    broken = folder / recorded["train"][0]
+    broken.write_bytes(b"this training file is broken")
+    recwarn.clear()
+    only = load_eurosat(str(folder), recorded_splits=recorded, splits=("test",))
+    assert list(only.splits) == ["test"] and only.skipped == [] and not recwarn.list
+    assert only.splits["test"].files == full_test.files and torch.equal(only.splits["test"].images, full_test.images)
+    everything = load_eurosat(str(folder), recorded_splits=recorded)
+    assert everything.skipped == [recorded["train"][0]]
+
+
+def test_parquet_own_splits_decode_only_the_requested_one(parquet_folder):
+    data = load_eurosat(str(parquet_folder), splits=("validation",))
+    assert list(data.splits) == ["validation"] and len(data.splits["validation"]) == 40
+    with pytest.raises(ValueError, match="Unknown split"):
+        load_eurosat(str(parquet_folder), splits=("dev",))
+
+
 def test_parquet_uses_the_datasets_own_splits(parquet_folder):
     data = load_eurosat(str(parquet_folder), seed=123)
     assert data.split_origin == "dataset's own splits"

@@ -305,3 +305,13 @@ def test_push_with_bad_token_leaves_folder_intact_and_hides_token(model_copy, re
     assert f"Retry with: {retry_command(model_copy, REPO, revision='v1')}" in r.stderr
     assert FAKE_TOKEN not in r.stdout + r.stderr
     assert tree_digest(model_copy) == before
+
+
+def test_checkpoints_hold_no_custom_pickles(pushed_run):
+    """accelerate reloads registered custom objects (``custom_checkpoint_N.pkl``) with ``weights_only=False``; the
+    run registers none (the learning rate follows from the step in trainer_state.json), so a tampered pickle has
+    nothing to be loaded as."""
+    out, _ = pushed_run
+    checkpoints = sorted((out / "checkpoints").glob("epoch_*"))
+    assert checkpoints and (checkpoints[-1] / "trainer_state.json").is_file()
+    assert not [p.name for c in checkpoints for p in c.glob("custom_checkpoint_*")]
