@@ -78,12 +78,48 @@ def test_default_model_folder_is_complete_and_small():
     folder = _default_model_or_skip()
     names = {p.name for p in folder.iterdir()}
     assert {"config.json", "model.safetensors", "metrics.json", "README.md", "train_config.json",
-            "splits.json", "confusion_matrix.png", "training_curves.png"} <= names
-    assert not (folder / "examples").exists()  # no EuroSAT images are shipped
-    assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) <= 10 * 1024 * 1024
+            "splits.json", "confusion_matrix.png", "training_curves.png", "examples"} <= names
+    assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) <= 12 * 1024 * 1024
     import timm
     model = timm.create_model(f"local-dir:{folder}", pretrained=True)
     assert model.pretrained_cfg["label_names"][0] == "AnnualCrop"
+    config = json.loads((folder / "config.json").read_text())
+    assert set(config["temperature"]) == {"none", "hflip", "flips", "d4"}
+    assert all(0.05 < t < 20 for t in config["temperature"].values())
+
+
+def test_default_model_examples_are_its_own_correct_test_patches():
+    """examples/: one JPEG per class, each a file of the model's own test split that it classifies correctly."""
+    folder = _default_model_or_skip()
+    from PIL import Image
+
+    from landcover.predict import Predictor
+
+    config = json.loads((folder / "config.json").read_text())
+    examples = sorted((folder / "examples").iterdir())
+    assert [p.name for p in examples] == sorted(f"{name}.jpg" for name in config["label_names"])
+    assert all(p.stat().st_size < 50_000 for p in examples)
+    predictor = Predictor.load(None, backend="torch")
+    images = [Image.open(p) for p in examples]
+    for path, probs in zip(examples, predictor.predict(images, top_k=1)):
+        assert next(iter(probs)) == path.stem, path.name
+
+
+def test_default_model_examples_are_copied_from_its_test_split(real_eurosat):
+    """Each example is byte-identical to a file of the model's test split (copied, never re-encoded)."""
+    folder = _default_model_or_skip()
+    test_files = json.loads((folder / "splits.json").read_text())["files"]["test"]
+    for example in (folder / "examples").iterdir():
+        candidates = [f for f in test_files if f.startswith(f"{example.stem}/")]
+        assert any((real_eurosat / f).read_bytes() == example.read_bytes() for f in candidates), example.name
+
+
+def test_default_model_card_has_no_machine_paths():
+    folder = _default_model_or_skip()
+    for name in ("README.md", "metrics.json", "train_config.json", "config.json", "splits.json"):
+        text = (folder / name).read_text()
+        for marker in ("/work/", "/tmp/", "/home/", "/root/", "site-packages/efficientnet"):
+            assert marker not in text.replace("<site-packages>/efficientnet", ""), (name, marker)
 
 
 def test_default_model_accuracy_matches_its_card(real_eurosat):
