@@ -7,7 +7,8 @@ them sees the right brightness only if every input is brought onto that stretch,
 ===================  ===========================================  ==========================================
 kind                 storage                                      reflectance
 ===================  ===========================================  ==========================================
-``uint8``            8-bit image (EuroSAT patch, TCI, quick-look)  used as is (already 0..255)
+``uint8``            8-bit image (EuroSAT patch, TCI)              used as is (already 0..255)
+``stretched8``       8-bit percentile-stretched quick-look         per channel onto EuroSAT's 2-98 % range
 ``x10000``           integer reflectance x 10000 (L1C/L2A)         ``(v - offset) / 10000``
 ``x1000``            integer reflectance x 1000                    ``(v - offset) / 1000``
 ``float``            floating-point reflectance 0..1               ``v - offset``
@@ -34,7 +35,13 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 EUROSAT_WHITE = 0.275  # reflectance shown as 255 in EuroSAT's RGB JPEGs
-KINDS = ("uint8", "x10000", "x1000", "float", "display16")
+KINDS = ("uint8", "stretched8", "x10000", "x1000", "float", "display16")
+# Per-channel (R, G, B) 2nd and 98th percentiles of EuroSAT's RGB patches (mosaics of 1,024 random training
+# patches: 24-25 / 44-46 / 66-67 and 232-242 / 193-197 / 183-188). A percentile-stretched quick-look is mapped back
+# onto them, since its own stretch cannot be undone from the image alone.
+EUROSAT_P2 = (25.0, 45.0, 67.0)
+EUROSAT_P98 = (235.0, 195.0, 185.0)
+STRETCH_ZEROS = 0.005  # share of pixels at 0 and at 255 per channel that marks a stretched image
 _SCALE = {"x10000": 1e-4, "x1000": 1e-3, "float": 1.0}
 S2_BASELINE_OFFSET = 1000.0  # digital numbers added from processing baseline 04.00 on
 MAX_SAMPLE = 1 << 20  # values looked at per band when inferring (a strided subsample beyond that)
@@ -70,6 +77,10 @@ class Scaling:
         if self.kind == "uint8":
             return data if data.dtype == np.uint8 else np.clip(np.rint(data), 0, 255).astype(np.uint8)
         values = data.astype(np.float32)
+        if self.kind == "stretched8":
+            lo = np.asarray(EUROSAT_P2, dtype=np.float32).reshape(-1, *([1] * (data.ndim - 1)))[:len(values)]
+            hi = np.asarray(EUROSAT_P98, dtype=np.float32).reshape(lo.shape)
+            return np.clip(np.rint(lo + values * ((hi - lo) / 255.0)), 0, 255).astype(np.uint8)
         if self.kind == "display16":
             values = values / 257.0
         else:
@@ -84,6 +95,8 @@ class Scaling:
         """One line for the console, the legend and the app."""
         if self.kind == "uint8":
             text = "8-bit values used as is"
+        elif self.kind == "stretched8":
+            text = "8-bit percentile-stretched image mapped onto EuroSAT's per-channel 2-98 % range"
         elif self.kind == "display16":
             text = "16-bit display image: value / 257"
         else:
@@ -105,6 +118,21 @@ def scaling_for(kind: str, offset: float = 0.0, source: str = "given") -> Scalin
     if kind not in KINDS:
         raise ValueError(f"Unknown scaling {kind!r}; expected one of {', '.join(KINDS)} (or auto).")
     return Scaling(kind, float(offset) if kind in _SCALE else 0.0, _SCALE.get(kind, 0.0), source=source)
+
+
+def looks_stretched(values: np.ndarray) -> bool:
+    """True for 8-bit RGB whose every channel has >= ``STRETCH_ZEROS`` of its pixels at exactly 0 and at 255.
+
+    A percentile stretch (quick-looks, "auto contrast") clips ~2 % of each channel to 0 and 255; EuroSAT-stretched
+    Sentinel-2 data essentially never reaches 0 in all three channels (blue keeps its path radiance). Pixels
+    black in all channels (borders, no data without a nodata value) are not counted.
+    """
+    if values.ndim != 2 or values.shape[0] != 3 or values.shape[1] == 0:
+        return False
+    zero = values == 0
+    lone = zero & ~zero.all(axis=0)
+    full = values == 255
+    return bool((lone.mean(axis=1) >= STRETCH_ZEROS).all() and (full.mean(axis=1) >= STRETCH_ZEROS).all())
 
 
 def scaling_from_flags(kind: Optional[str] = None, offset: Optional[float] = None,
@@ -298,6 +326,9 @@ def _check(scaling: Scaling, values: np.ndarray) -> Scaling:
     if dark > 0.95:
         warnings.append(f"{100 * dark:.0f} % of the pixels scale to black (raw median {mid:.4g}, 99th "
                         f"percentile {high:.4g}, read as {scaling.kind}): the map would be meaningless. {fix}")
+    elif np.percentile(out, 99) < 32:
+        warnings.append(f"99 % of the pixels scale below 32/255 (raw median {mid:.4g}, 99th percentile {high:.4g}, "
+                        f"read as {scaling.kind}): far darker than EuroSAT, even for water. {fix}")
     elif bright > 0.95:
         warnings.append(f"{100 * bright:.0f} % of the pixels scale to white (raw median {mid:.4g}, 99th "
                         f"percentile {high:.4g}, read as {scaling.kind}): clouds, snow, or a wrong scaling. {fix}")
@@ -342,7 +373,11 @@ def infer_scaling(data: np.ndarray, nodata: Optional[float] = None, metadata: Op
     elif "clip" not in given:
         scaling = _from_band_scales(band_scales, band_offsets)
     if scaling is None and data.dtype == np.uint8 and "clip" not in given:
-        scaling = Scaling("uint8", source="8-bit data")
+        if looks_stretched(values):
+            scaling = Scaling("stretched8", source="8-bit data clipped at 0 and 255 in every channel: a percentile "
+                                                    "stretch")
+        else:
+            scaling = Scaling("uint8", source="8-bit data")
     if scaling is None:
         offset, quant, note = _from_product_metadata(meta)
         if offset is None and not floating and "offset" not in given:
@@ -362,7 +397,7 @@ def infer_scaling(data: np.ndarray, nodata: Optional[float] = None, metadata: Op
             scaling = scaling_for(kind, offset if kind in _SCALE else 0.0, source="")
         if "source" not in given and not scaling.source:
             scaling = replace(scaling, source="; ".join(r for r in reasons if r))
-    if "offset" in given and scaling.kind not in ("uint8", "display16"):
+    if "offset" in given and scaling.kind in (*_SCALE, "given"):
         scaling = replace(scaling, offset=float(given["offset"]),
                           source=f"{scaling.source}; --offset {given['offset']:g} given".lstrip("; "))
     return _check(scaling, values)

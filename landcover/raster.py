@@ -155,6 +155,7 @@ class RasterioBands:
         self._owned: list[object] = []
         views: dict[int, object] = {}
         self._bands = []
+        self._native = list(sources)  # whole-scene decimated reads: same extent, no warp needed
         for ds, bidx in sources:
             if id(ds) not in views:
                 views[id(ds)] = _on_grid(ds, grid, nodata, Resampling.nearest if nearest else None)
@@ -173,12 +174,12 @@ class RasterioBands:
         from rasterio.enums import Resampling
 
         how = Resampling.average if average else Resampling.nearest
-        return np.stack([view.read(bidx, out_shape=(height, width), resampling=how) for view, bidx in self._bands])
+        return np.stack([ds.read(bidx, out_shape=(height, width), resampling=how) for ds, bidx in self._native])
 
     def close(self) -> None:
         for obj in reversed(self._owned):
             obj.close()
-        self._owned, self._bands = [], []
+        self._owned, self._bands, self._native = [], [], []
 
 
 def _on_grid(ds, grid: Grid, nodata: Optional[float], resampling=None):

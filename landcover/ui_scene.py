@@ -2,7 +2,7 @@
 
 Call :func:`add_scene_tabs` inside an open ``gr.Blocks()`` (and ``gr.Tabs()``) context; the app in
 :mod:`landcover.ui` does. Both buttons run in the app's shared ``"inference"`` concurrency group, so
-scene maps and patch classification share one limit. Uploads are checked the way
+scene maps and the other model calls share one limit. Uploads are checked the way
 :mod:`landcover.imageio` checks patches (size, content sniffed from the bytes, pixel limit before any
 tile is classified): only PNG/JPEG and TIFF content is opened, whatever the file name says, so a
 renamed GDAL VRT (which could point at other files or URLs) is refused. Outputs are written to a
@@ -139,11 +139,12 @@ def compare_scene_files(predictor, before_upload, after_upload, min_confidence: 
     return image, rows, summary, [str(f) for f in files]
 
 
-def add_scene_tabs(predictor) -> None:
+def add_scene_tabs(predictor, concurrency_id: str = "inference") -> None:
     """Add the "Map a scene" and "Compare two dates" tabs to the open Blocks.
 
     Args:
         predictor: A loaded :class:`~landcover.predict.Predictor`.
+        concurrency_id: The app's shared inference concurrency group (its limit is set by the app's queue).
     """
 
     def on_map(upload, stride, progress=gr.Progress(track_tqdm=True)):
@@ -163,7 +164,7 @@ def add_scene_tabs(predictor) -> None:
                 stride = gr.Radio(STRIDES, value=64, label="Stride (px)",
                                   info="Below 64, overlapping tiles are averaged: a finer map, more tiles.")
                 map_button = gr.Button("Map the scene", variant="primary")
-                map_summary = gr.Markdown()
+                map_summary = gr.Markdown(label="Summary")
                 areas = gr.Dataframe(headers=["class", "area %", "km²", "cells"], label="Area per class",
                                      interactive=False)
                 map_files = gr.File(label="Downloads (PNG, JSON, GeoTIFF, GeoJSON)", file_count="multiple",
@@ -172,7 +173,7 @@ def add_scene_tabs(predictor) -> None:
                 map_image = gr.Image(label="Land-cover map", type="pil", format="png", interactive=False)
                 overlay_image = gr.Image(label="Map over the scene", type="pil", format="png", interactive=False)
         map_button.click(on_map, [scene_file, stride], [map_image, overlay_image, areas, map_summary, map_files],
-                         api_name="map_scene", concurrency_id="inference")
+                         api_name="map_scene", concurrency_id=concurrency_id)
 
     with gr.Tab("Compare two dates"):
         gr.Markdown("Upload two co-registered scenes of the same place (same size; GeoTIFFs on the same grid). "
@@ -184,7 +185,7 @@ def add_scene_tabs(predictor) -> None:
                 min_conf = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Minimum confidence (both dates)")
                 change_stride = gr.Radio(STRIDES, value=64, label="Stride (px)")
                 compare_button = gr.Button("Compare", variant="primary")
-                change_summary = gr.Markdown()
+                change_summary = gr.Markdown(label="Change summary")
                 transitions = gr.Dataframe(headers=["from", "to", "tiles", "km²"], label="Changes (from → to)",
                                            interactive=False)
                 change_files = gr.File(label="Downloads (PNG, JSON)", file_count="multiple", interactive=False)
@@ -193,4 +194,4 @@ def add_scene_tabs(predictor) -> None:
                                         interactive=False)
         compare_button.click(on_compare, [before_file, after_file, min_conf, change_stride],
                              [change_image, transitions, change_summary, change_files], api_name="compare_scenes",
-                             concurrency_id="inference")
+                             concurrency_id=concurrency_id)

@@ -106,3 +106,19 @@ def test_multiband_stack_nodata_and_band_selection():
     floats = storages(rgb8)["float"].copy()
     floats[:, 0, 0] = np.nan
     assert not rm.valid_mask(floats)[0, 0] and rm.infer_scaling(floats).kind == "float"
+
+
+def test_percentile_stretched_quicklooks_are_mapped_back_but_black_borders_are_not():
+    rgb8 = scene_rgb8(4, size=128)
+    rgb8[:, : 128 // 3] += 30  # EuroSAT's blue/green/red never reach 0: path radiance
+    lo, hi = np.percentile(rgb8.reshape(3, -1), [2, 98], axis=1)
+    stretched = np.clip((rgb8 - lo[:, None, None]) * 255 / (hi - lo)[:, None, None], 0, 255).round().astype(np.uint8)
+    out, info = rm.to_eurosat_rgb8(stretched)
+    assert info.scaling.kind == "stretched8" and "percentile" in info.describe()
+    assert out.reshape(3, -1).min(axis=1).tolist() == [int(v) for v in rm.EUROSAT_P2]
+    # An EuroSAT-stretched scene with a black border (no nodata value) stays as it is.
+    bordered = rgb8.copy()
+    bordered[:, :, :10] = 0
+    out, info = rm.to_eurosat_rgb8(bordered)
+    assert info.scaling.kind == "uint8"
+    np.testing.assert_array_equal(out, bordered)
