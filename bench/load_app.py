@@ -9,6 +9,14 @@ Half of the requests are ``POST /classify`` (multipart ``file``), half go throug
 Gradio request's latency covers all three. Loopback only. Each client stops starting requests at
 the deadline and every request has a timeout, so the run always ends. Reports requests/s, p50/p95/p99
 latency per endpoint, the error count (exit code 1 if any) and the server's RSS before/after.
+
+Soak mode (``--soak``, e.g. ``--duration 660 --warmup 60``): the server's RSS, open file descriptors,
+thread count and Gradio temp-folder size (the launched app gets its own ``GRADIO_TEMP_DIR``) are sampled
+every 5 s; after the warm-up the RSS slope must stay under ``--max-rss-growth`` MiB per 10 minutes and
+fds, threads and the temp folder must stop growing (the last third of the run at most a little above the
+middle third), else the exit code is 2. ``--raw-ort`` first measures, in the same run, how many images per
+second a bare ONNX Runtime session on the app's model serves with the model's own test-time
+augmentation (no HTTP, numpy views), and reports the app's req/s as a share of it.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,11 +72,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_app(model: Optional[str], port: int, log: Path) -> subprocess.Popen:
+def launch_app(model: Optional[str], port: int, log: Path, temp_dir: Path,
+               backend: Optional[str] = None) -> subprocess.Popen:
     cmd = [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port)]
     if model:
         cmd += ["--model", model]
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    if backend:
+        cmd += ["--backend", backend]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
+           "GRADIO_TEMP_DIR": str(temp_dir)}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
@@ -138,14 +151,56 @@ async def client_loop(i: int, client: httpx.AsyncClient, url: str, images: list[
         k += 1
 
 
-async def sample_rss(proc: Optional[psutil.Process], samples: list[tuple[float, int]], stop: asyncio.Event,
-                     t0: float) -> None:
+def folder_usage(folder: Optional[Path]) -> tuple[int, int]:
+    """(bytes, files) under ``folder``: the Gradio temp folder's size."""
+    total = count = 0
+    if folder is None or not folder.is_dir():
+        return 0, 0
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+                count += 1
+            except FileNotFoundError:  # deleted by the app's cache cleaner meanwhile
+                pass
+    return total, count
+
+
+def sample(proc: psutil.Process, temp_dir: Optional[Path], t: float) -> dict:
+    size, files = folder_usage(temp_dir)
+    return {"t": round(t, 1), "rss": proc.memory_info().rss, "fds": proc.num_fds(), "threads": proc.num_threads(),
+            "temp_bytes": size, "temp_files": files}
+
+
+async def sample_server(proc: Optional[psutil.Process], samples: list[dict], stop: asyncio.Event, t0: float,
+                        temp_dir: Optional[Path], every: float) -> None:
     while proc is not None and not stop.is_set():
-        samples.append((time.monotonic() - t0, proc.memory_info().rss))
+        samples.append(await asyncio.to_thread(sample, proc, temp_dir, time.monotonic() - t0))
         try:
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
+            await asyncio.wait_for(stop.wait(), timeout=every)
         except asyncio.TimeoutError:
             pass
+
+
+def growth_checks(samples: list[dict], warmup: float, max_rss_growth_mib: float) -> dict:
+    """Whether each resource keeps growing after ``warmup`` seconds (the soak's pass/fail)."""
+    after = [s for s in samples if s["t"] >= warmup]
+    if len(after) < 6:
+        return {"error": f"only {len(after)} samples after the warm-up; run longer"}
+    t = np.array([s["t"] for s in after])
+    rss = np.array([s["rss"] for s in after]) / 2**20
+    slope = float(np.polyfit(t, rss, 1)[0]) * 600  # MiB per 10 minutes
+    third = len(after) // 3
+    middle, last = after[third:2 * third], after[2 * third:]
+    result = {"rss_slope_mib_per_10min": round(slope, 1), "rss_limit_mib_per_10min": max_rss_growth_mib,
+              "rss_ok": slope <= max_rss_growth_mib}
+    slack = {"fds": 8, "threads": 4, "temp_bytes": 1 << 20, "temp_files": 200}
+    for key, extra in slack.items():
+        mid, end = max(s[key] for s in middle), max(s[key] for s in last)
+        ok = end <= mid * 1.2 + extra  # bounded: the last third not above the middle third
+        result[key] = {"middle_third_max": mid, "last_third_max": end, "ok": ok}
+    result["ok"] = result["rss_ok"] and all(result[k]["ok"] for k in slack)
+    return result
 
 
 def percentiles(values: list[float]) -> dict:
@@ -158,39 +213,97 @@ def percentiles(values: list[float]) -> dict:
 
 
 async def bench(url: str, server: Optional[psutil.Process], clients: int, duration: float,
-                gradio_share: float, request_timeout: float) -> dict:
+                gradio_share: float, request_timeout: float, warmup: float = 0.0,
+                temp_dir: Optional[Path] = None, every: float = 1.0) -> dict:
+    """Load for ``warmup`` + ``duration`` seconds; latencies and req/s count the ``duration`` part only."""
     images = make_images()
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     async with httpx.AsyncClient(timeout=request_timeout, limits=limits) as client:
         warm = Stats()
-        await client_loop(0, client, url, images, time.monotonic() + 2.0, warm, 0.5)  # warm-up, not counted
+        await client_loop(0, client, url, images, time.monotonic() + 2.0, warm, 0.5)  # first calls, not counted
         if warm.errors:
             raise RuntimeError(f"warm-up failed: {warm.errors[0]}")
-        rss_before = server.memory_info().rss if server else None
-        stats, samples, stop = Stats(), [], asyncio.Event()
+        samples, stop = [], asyncio.Event()
         t0 = time.monotonic()
-        sampler = asyncio.create_task(sample_rss(server, samples, stop, t0))
-        deadline = t0 + duration
+        sampler = asyncio.create_task(sample_server(server, samples, stop, t0, temp_dir, every))
+        if warmup > 0:  # full load, not counted: allocator, caches and the temp folder reach their level
+            warm = Stats()
+            await asyncio.wait_for(asyncio.gather(*[client_loop(i, client, url, images, t0 + warmup, warm,
+                                                                gradio_share) for i in range(clients)]),
+                                   timeout=warmup + request_timeout + 10)
+        stats = Stats()
+        t1 = time.monotonic()
+        deadline = t1 + duration
         tasks = [client_loop(i, client, url, images, deadline, stats, gradio_share) for i in range(clients)]
         # Hard stop: requests in flight at the deadline get at most request_timeout more.
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=duration + request_timeout + 10)
-        elapsed = time.monotonic() - t0
+        elapsed = time.monotonic() - t1
         stop.set()
         await sampler
-        rss_after = server.memory_info().rss if server else None
+        if server is not None:
+            samples.append(sample(server, temp_dir, time.monotonic() - t0))
     done = sum(len(v) for v in stats.latencies.values())
     mib = (lambda b: None if b is None else round(b / 2**20, 1))
+    at_warmup = next((s for s in samples if s["t"] >= warmup), samples[0] if samples else None)
+    first, last = (samples[0], samples[-1]) if samples else (None, None)
     return {
-        "url": url, "clients": clients, "duration_s": round(elapsed, 1), "gradio_share": gradio_share,
-        "requests": done, "errors": len(stats.errors), "error_examples": stats.errors[:5],
-        "requests_per_s": round(done / elapsed, 1),
+        "url": url, "clients": clients, "warmup_s": warmup, "duration_s": round(elapsed, 1),
+        "gradio_share": gradio_share, "requests": done, "errors": len(stats.errors) + len(warm.errors),
+        "error_examples": (warm.errors + stats.errors)[:5], "requests_per_s": round(done / elapsed, 1),
         "latency": {"all": percentiles(stats.latencies["classify"] + stats.latencies["gradio"]),
                     "classify": percentiles(stats.latencies["classify"]),
                     "gradio_predict": percentiles(stats.latencies["gradio"])},
-        "server_rss_mib": {"before": mib(rss_before), "after": mib(rss_after),
-                           "max": mib(max((s[1] for s in samples), default=None)),
-                           "every_5s": [mib(s[1]) for s in samples[::5]]},
+        "server_rss_mib": {"before": mib(first and first["rss"]), "after_warmup": mib(at_warmup and at_warmup["rss"]),
+                           "after": mib(last and last["rss"]), "max": mib(max((s["rss"] for s in samples), default=None)),
+                           "every_60s": [mib(s["rss"]) for s in samples if s["t"] % 60 < every]},
+        "server": {"start": first and {k: v for k, v in first.items() if k != "rss"},
+                   "after_warmup": at_warmup and {k: v for k, v in at_warmup.items() if k != "rss"},
+                   "end": last and {k: v for k, v in last.items() if k != "rss"}},
+        "samples": samples,
     }
+
+
+def raw_ort_throughput(model: Optional[str], backend: Optional[str], batches: tuple[int, ...] = (1, 8, 32), seconds: float = 15.0) -> dict:
+    """Images/s of a bare ONNX Runtime session on the app's model with its own TTA (numpy views, no HTTP)."""
+    sys.path.insert(0, str(ROOT))
+    import onnxruntime as ort
+
+    from landcover.config import TTA_MODES
+    from landcover.predict import load_predictor
+
+    predictor = load_predictor(model, backend or "onnx")
+    if predictor.onnx is None:
+        raise RuntimeError(f"the app's model runs on {predictor.backend}, not ONNX Runtime: no raw ORT baseline")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = predictor.onnx.threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the app's session
+    session = ort.InferenceSession(str(predictor.onnx.path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    mode = predictor.tta
+    n_views = len(TTA_MODES[mode].symmetries) if mode else 1
+    patches = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in make_images()])
+    patches = patches.transpose(0, 3, 1, 2)  # (N, 3, 64, 64) uint8, as uploads arrive
+
+    def views(x: np.ndarray) -> np.ndarray:  # the 8 D4 symmetries (or the mode's subset), view-major
+        d4 = [x, x[..., ::-1], x[..., ::-1, :], x[..., ::-1, ::-1], x.swapaxes(-1, -2),
+              x.swapaxes(-1, -2)[..., ::-1], x.swapaxes(-1, -2)[..., ::-1, :], x.swapaxes(-1, -2)[..., ::-1, ::-1]]
+        picked = [d4[g] for g in TTA_MODES[mode].symmetries] if mode else [x]
+        return np.ascontiguousarray(np.concatenate(picked))
+
+    result = {"tta": mode, "views_per_image": n_views, "threads": predictor.onnx.threads, "images_per_s": {}}
+    for batch in batches:
+        x = patches[np.arange(batch) % len(patches)]
+        session.run(None, {name: views(x)})  # first call allocates
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            logits = session.run(None, {name: views(x)})[0].reshape(n_views, batch, -1)
+            e = np.exp(logits - logits.max(-1, keepdims=True))
+            (e / e.sum(-1, keepdims=True)).mean(0).argmax(-1)
+            done += batch
+        result["images_per_s"][batch] = round(done / (time.perf_counter() - start), 1)
+    result["best_images_per_s"] = max(result["images_per_s"].values())
+    del session, predictor
+    return result
 
 
 def stop_app(proc: subprocess.Popen) -> None:
@@ -203,7 +316,8 @@ def stop_app(proc: subprocess.Popen) -> None:
 
 
 def print_report(r: dict) -> None:
-    print(f"{r['clients']} clients, {r['duration_s']} s, {r['url']} ({round(100 * r['gradio_share'])}% Gradio API)")
+    print(f"{r['clients']} clients, {r['duration_s']} s after {r['warmup_s']} s warm-up, {r['url']} "
+          f"({round(100 * r['gradio_share'])}% Gradio API)")
     print(f"requests {r['requests']}  ({r['requests_per_s']} req/s)   errors {r['errors']}")
     for name, p in r["latency"].items():
         if p["n"]:
@@ -211,8 +325,26 @@ def print_report(r: dict) -> None:
                   f"p99 {p['p99_ms']:8.1f} ms  max {p['max_ms']:8.1f} ms")
     m = r["server_rss_mib"]
     if m["before"] is not None:
-        print(f"server RSS before {m['before']} MiB, after {m['after']} MiB, max {m['max']} MiB; "
-              f"every 5 s: {m['every_5s']}")
+        print(f"server RSS start {m['before']} MiB, after warm-up {m['after_warmup']} MiB, end {m['after']} MiB, "
+              f"max {m['max']} MiB; every 60 s: {m['every_60s']}")
+        for when in ("start", "after_warmup", "end"):
+            s = r["server"][when]
+            print(f"  {when:12s} t {s['t']:6.1f} s  fds {s['fds']}  threads {s['threads']}  temp folder "
+                  f"{s['temp_bytes'] / 2**20:.2f} MiB in {s['temp_files']} files")
+    if "raw_ort" in r:
+        raw = r["raw_ort"]
+        print(f"raw ONNX Runtime, TTA {raw['tta']} ({raw['views_per_image']} views), {raw['threads']} threads: "
+              f"{raw['images_per_s']} images/s by batch size; app / best raw = {r['requests_per_s']} / "
+              f"{raw['best_images_per_s']} = {r['share_of_raw_ort']:.0%}")
+    if "growth" in r:
+        g = r["growth"]
+        if "error" in g:
+            print(f"soak: {g['error']}")
+        else:
+            print(f"soak: RSS slope {g['rss_slope_mib_per_10min']} MiB / 10 min (limit {g['rss_limit_mib_per_10min']})"
+                  f" {'ok' if g['rss_ok'] else 'GROWING'}; " + "; ".join(
+                      f"{k} {g[k]['middle_third_max']} -> {g[k]['last_third_max']} {'ok' if g[k]['ok'] else 'GROWING'}"
+                      for k in ("fds", "threads", "temp_bytes", "temp_files")))
     for e in r["error_examples"]:
         print(f"  error: {e}")
 
@@ -224,21 +356,30 @@ def _interrupt(signum, frame) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="Model folder or Hub id for the launched app (default: embedded).")
+    p.add_argument("--backend", default=None, help="--backend of the launched app (default: the app's).")
     p.add_argument("--url", default=None, help="Benchmark a running app instead (loopback only).")
     p.add_argument("--pid", type=int, default=None, help="PID of the running app, for its RSS (with --url).")
     p.add_argument("--clients", type=int, default=32, help="Concurrent clients.")
-    p.add_argument("--duration", type=float, default=30.0, help="Seconds of load.")
+    p.add_argument("--duration", type=float, default=30.0, help="Seconds of measured load (after --warmup).")
+    p.add_argument("--warmup", type=float, default=0.0, help="Seconds of full load before measuring.")
     p.add_argument("--gradio-share", type=float, default=0.5, help="Fraction of requests via the Gradio API.")
     p.add_argument("--request-timeout", type=float, default=60.0, help="Seconds before a request counts as failed.")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="Seconds to wait for a launched app.")
-    p.add_argument("--json", default=None, help="Also write the report to this JSON file.")
+    p.add_argument("--soak", action="store_true",
+                   help="Sample RSS, fds, threads and the temp folder every 5 s; exit 2 if any keeps growing.")
+    p.add_argument("--max-rss-growth", type=float, default=30.0,
+                   help="Soak: largest RSS slope after the warm-up, MiB per 10 minutes.")
+    p.add_argument("--raw-ort", action="store_true",
+                   help="First measure a bare ONNX Runtime session with the model's TTA (no HTTP), for the ratio.")
+    p.add_argument("--json", default=None, help="Also write the report (with every sample) to this JSON file.")
     args = p.parse_args(argv)
     if not 0.0 <= args.gradio_share <= 1.0:
         p.error("--gradio-share must be between 0 and 1")
 
     # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the launched app is always stopped.
     signal.signal(signal.SIGTERM, _interrupt)
-    proc = None
+    raw = raw_ort_throughput(args.model, args.backend) if args.raw_ort else None
+    proc, temp_dir = None, None
     if args.url:
         host = urlparse(args.url).hostname
         if host not in LOOPBACK:
@@ -247,21 +388,30 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        log = Path(os.environ.get("TMPDIR", "/tmp")) / f"load_app-{port}.log"
-        proc = launch_app(args.model, port, log)
+        scratch = Path(tempfile.mkdtemp(prefix=f"load_app-{port}-"))
+        log, temp_dir = scratch / "app.log", scratch / "gradio"
+        proc = launch_app(args.model, port, log, temp_dir, args.backend)
         server = psutil.Process(proc.pid)
         print(f"launched app.py (pid {proc.pid}) on {url}, log {log}", file=sys.stderr)
     try:
         asyncio.run(wait_healthy(url, proc, args.startup_timeout))
         report = asyncio.run(bench(url, server, args.clients, args.duration, args.gradio_share,
-                                   args.request_timeout))
+                                   args.request_timeout, args.warmup, temp_dir, 5.0 if args.soak else 1.0))
     finally:
         if proc is not None:
             stop_app(proc)
+    report["command"] = "python bench/load_app.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if raw:
+        report["raw_ort"] = raw
+        report["share_of_raw_ort"] = report["requests_per_s"] / raw["best_images_per_s"]
+    if args.soak:
+        report["growth"] = growth_checks(report["samples"], args.warmup, args.max_rss_growth)
     print_report(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    return 1 if report["errors"] else 0
+    if report["errors"]:
+        return 1
+    return 2 if args.soak and not report["growth"].get("ok") else 0
 
 
 if __name__ == "__main__":

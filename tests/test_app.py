@@ -146,17 +146,106 @@ def test_examples_order_model_folder_then_dir_then_none(predictor, tiny_model_di
         find_examples(bare_predictor, tmp_path / "missing")
 
 
-def test_model_panel_shows_architecture_accuracy_and_card(predictor):
+def test_model_panel_shows_name_data_figures_and_no_server_paths(predictor, tiny_model_dir):
     import json
 
     from landcover.hub import hub_url
-    from landcover.ui import model_markdown
+    from landcover.ui import build_demo, model_markdown
 
     text = model_markdown(predictor)
-    accuracy = json.loads((Path(predictor.loaded.folder) / "metrics.json").read_text())["test"]["accuracy"]
-    assert "`test_resnet`" in text and f"{accuracy:.4f}" in text and "README.md" in text
+    metrics = json.loads((Path(predictor.loaded.folder) / "metrics.json").read_text())
+    assert "`test_resnet`" in text and f"{100 * metrics['test']['accuracy']:.2f} %" in text
+    header = text.splitlines()[0]
+    assert [c.strip() for c in header.strip("|").split("|")] == ["Property", "Value"]  # no empty header row
+    assert f"`{Path(tiny_model_dir).name}`" in text  # the folder's name, not where it lives on the server
+    assert Path(metrics["dataset"]).name in text
+    config = build_demo(predictor).get_config_file()
+    shown = json.dumps([c.get("props", {}).get("value") for c in config["components"]
+                        if c.get("type") in ("markdown", "html", "dataframe")])
+    for private in {str(Path(tiny_model_dir)), str(Path(tiny_model_dir).parent), str(Path(metrics["dataset"]).parent)}:
+        assert private not in shown, private
+    labels = [c.get("props", {}).get("label") for c in config["components"] if c.get("type") == "image"]
+    assert "Confusion matrix (test split)" in labels and "Training curves" in labels
     assert hub_url("org/name@v1") == "https://huggingface.co/org/name/tree/v1"
     assert hub_url(str(predictor.loaded.folder)) is None and hub_url(None) is None
+
+
+def test_every_gradio_api_output_and_input_is_named(app_url):
+    from gradio_client import Client
+
+    api = Client(app_url + "/", verbose=False).view_api(print_info=False, return_format="dict")
+    endpoints = api["named_endpoints"]
+    assert {"/predict", "/predict_batch", "/map_scene", "/compare_scenes"} <= set(endpoints)
+    for name, endpoint in endpoints.items():
+        for item in endpoint["returns"] + endpoint["parameters"]:
+            label = item.get("label") or ""
+            assert label and not label.startswith("value_"), (name, item)
+
+
+def test_openapi_shows_the_classify_request_body(app_url):
+    schema = httpx.get(app_url + "/api/openapi.json").json()
+    body = schema["paths"]["/classify"]["post"]["requestBody"]
+    (media,) = body["content"]
+    assert media == "multipart/form-data"
+    ref = body["content"][media]["schema"]["$ref"].rsplit("/", 1)[-1]
+    assert schema["components"]["schemas"][ref]["required"] == ["file"]
+    assert httpx.get(app_url + "/api/docs").status_code == 200
+
+
+def test_raw_gradio_api_calls_keep_no_state_per_call(predictor, tmp_path):
+    """Each raw ``/gradio_api/call`` is a new Gradio session; the app bounds the sessions it keeps."""
+    import asyncio
+    import sys
+
+    from landcover.ui import STATE_SESSIONS, build_app
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import load_app
+
+    app = build_app(predictor)
+    holder = app.state.demo.state_holder
+    images = load_app.make_images()
+    calls = STATE_SESSIONS + 16
+
+    async def run(url):
+        async with httpx.AsyncClient(timeout=120) as client:
+            for i in range(calls):
+                await load_app.call_gradio(client, url, images[i % len(images)], f"p-{i}.png")
+
+    with running_app(app) as url:
+        asyncio.run(run(url))
+    assert calls > len(holder.session_data) and len(holder.session_data) <= STATE_SESSIONS
+
+
+def test_concurrent_rest_and_gradio_requests_share_one_batcher(predictor, tmp_path):
+    """Mixed sizes merged into one batch give what the library gives image by image."""
+    import threading
+
+    from landcover.batching import PatchClassifier
+
+    classifier = PatchClassifier(predictor, max_batch=6)
+    classifier.batcher.max_wait_s = 60.0  # the first leader waits until all six are queued: one batch
+    paths = [_patch_png(tmp_path, c, seed=c) for c in range(4)]
+    big = tmp_path / "big.png"
+    Image.fromarray(class_patch(2, np.random.default_rng(9), size=96)).save(big)
+    sources = [*paths, big, big.read_bytes()]
+    results = [None] * len(sources)
+
+    def one(i):
+        results[i] = classifier.classify(sources[i])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(sources))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert classifier.batcher.requests == 6 and classifier.batcher.passes == 2  # one call per image size
+    for source, got in zip([*paths, big, big], results):
+        with Image.open(source) as im:
+            expected = predictor.predict([im.convert("RGB")])[0]
+        assert list(got) == list(expected)
+        for label, p in expected.items():
+            assert got[label] == pytest.approx(p, abs=1e-5)
 
 
 def _free_port() -> int:

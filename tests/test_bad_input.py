@@ -152,3 +152,42 @@ def test_gradio_upload_limit_and_temp_dir_only(app_url, tmp_path):
     assert not escape.exists()
     with Image.open(stored) as im:
         assert im.size == (1, 1)
+
+
+def test_rest_over_size_upload_without_content_length_is_cut_off(app_url, valid_png):
+    """A chunked body (no Content-Length) is refused with 413 once it crosses the limit, not read to the end."""
+    def body():
+        head = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"huge.png\"\r\n"
+                b"Content-Type: application/octet-stream\r\n\r\n")
+        yield head
+        for _ in range(64):  # 64 x 256 KiB = 16 MiB offered against a 2 MiB limit
+            yield b"\0" * (256 * 1024)
+        yield b"\r\n--b--\r\n"
+
+    try:
+        r = httpx.post(app_url + "/classify", content=body(), timeout=60,
+                       headers={"Content-Type": "multipart/form-data; boundary=b"})
+    except httpx.TransportError:  # the server may close the connection before the client finishes sending
+        pass
+    else:
+        assert r.status_code == 413, r.text
+        assert "limit" in r.json()["error"]
+    _assert_still_serving(app_url, valid_png)
+
+
+@pytest.mark.parametrize("bands", [3, 13])
+def test_rest_classifies_16_bit_sentinel2_geotiff_patches(app_url, predictor, bands):
+    """16-bit Sentinel-2 patches (3-band L2A with band names, EuroSAT-MS 13-band stacks) read like `map` reads them."""
+    import numpy as np
+
+    from landcover.imageio import decode_rgb8
+    from test_imageio import _geotiff, _sentinel2_patch
+
+    data = _geotiff(_sentinel2_patch(bands, seed=bands), ["B04", "B03", "B02"] if bands == 3 else None)
+    r = _post(app_url, data, "patch.tif")
+    assert r.status_code == 200, r.text
+    rgb = decode_rgb8(data)
+    expected = predictor.predict([Image.fromarray(np.ascontiguousarray(rgb))])[0]
+    got = r.json()["probabilities"]
+    for label, p in expected.items():
+        assert got[label] == pytest.approx(p, abs=1e-5)

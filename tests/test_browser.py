@@ -1,8 +1,9 @@
-"""A real browser against the launched app: headless Debian Chromium driven by Playwright (no browser
-download; skips when ``/usr/bin/chromium`` is absent). Saves a screenshot to ``test-artifacts/``."""
+"""A real browser against the launched app: headless Chromium driven by Playwright (the system browser, no
+download; skips when none is installed). Saves screenshots to ``test-artifacts/``."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,34 +13,59 @@ from PIL import Image
 from app_server import running_app
 from datagen import class_patch
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+EXAMPLES_JS = "() => document.querySelectorAll('#examples .gallery-item').length"  # one button per example
+
+
+def _chromium() -> Path | None:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    return Path(found) if found else None
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)")
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("no chromium on PATH (apt-get install chromium; .ci/run installs it under CI)")
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
 
 
-def test_upload_in_browser_shows_label_and_screenshot(browser, tiny_model_dir, tmp_path):
-    from landcover.predict import Predictor
+@pytest.fixture(scope="module")
+def ten_examples_model(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model folder with ten example patches in examples/, as a released model folder has."""
+    folder = tmp_path_factory.mktemp("examples-model") / "model"
+    shutil.copytree(tiny_model_dir, folder, ignore=shutil.ignore_patterns("checkpoints", "examples"))
+    (folder / "examples").mkdir()
+    for c in range(10):
+        Image.fromarray(class_patch(c, np.random.default_rng(c))).save(folder / "examples" / f"class-{c}.jpg")
+    return folder
+
+
+def _open(browser, url: str):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(url + "/", wait_until="domcontentloaded")
+    page.wait_for_selector("#patch-input", timeout=120_000)
+    return page
+
+
+def test_upload_in_browser_shows_label_examples_and_screenshot(browser, ten_examples_model, tmp_path):
+    from landcover.predict import load_predictor
     from landcover.ui import build_app
 
-    predictor = Predictor.load(str(tiny_model_dir))
+    predictor = load_predictor(str(ten_examples_model))
     patch = tmp_path / "forest-like.png"
     Image.fromarray(class_patch(1, np.random.default_rng(11))).save(patch)
     expected = next(iter(predictor.predict([Image.open(patch).convert("RGB")])[0]))
     with running_app(build_app(predictor)) as url:
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(url + "/", wait_until="domcontentloaded")
+        page = _open(browser, url)
+        page.wait_for_function(f"() => ({EXAMPLES_JS})() >= 10", timeout=60_000)
+        assert page.evaluate(EXAMPLES_JS) == 10
         page.locator("#patch-input input[type=file]").set_input_files(str(patch))
         # The upload triggers /predict; wait until the label component shows the predicted class.
         page.wait_for_function(
@@ -52,3 +78,26 @@ def test_upload_in_browser_shows_label_and_screenshot(browser, tiny_model_dir, t
         page.screenshot(path=str(shot), full_page=True)
         page.close()
     assert shot.stat().st_size > 10_000
+
+
+def _embedded_examples() -> list[Path]:
+    from landcover.hub import DEFAULT_MODEL_DIR
+    return sorted((DEFAULT_MODEL_DIR / "examples").glob("*.jpg"))
+
+
+def test_app_without_flags_shows_the_embedded_models_ten_examples(browser):
+    """`python app.py` with no flags: the embedded model and the ten patches of its examples/."""
+    from landcover.hub import DEFAULT_MODEL_DIR
+    from landcover.predict import load_predictor
+    from landcover.ui import build_app
+
+    shipped = _embedded_examples()
+    assert len(shipped) == 10, f"the embedded model should ship 10 example JPEGs in examples/; found {len(shipped)}"
+    with running_app(build_app(load_predictor())) as url:
+        page = _open(browser, url)
+        page.wait_for_function(f"() => ({EXAMPLES_JS})() >= 10", timeout=60_000)
+        assert page.evaluate(EXAMPLES_JS) == 10
+        page.locator("button[role=tab]", has_text="Model").click()
+        panel = page.locator("#model-panel").inner_text()
+        assert "efficientnet_lite0" in panel and str(DEFAULT_MODEL_DIR) not in panel
+        page.close()
