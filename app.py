@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Optional
 
+from landcover.defaults import BACKENDS, DEFAULT_BACKEND
 from landcover.predict import load_predictor
 from landcover.ui import build_app, build_demo, serve
 
@@ -31,15 +32,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="Interface to listen on (0.0.0.0 for all; env GRADIO_SERVER_NAME).")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
                         help="Port (env GRADIO_SERVER_PORT).")
-    parser.add_argument("--backend", default=os.environ.get("LANDCOVER_BACKEND", "onnx"), choices=["torch", "onnx"],
-                        help="Inference engine (env LANDCOVER_BACKEND). onnx: exported once and cached, ~5x "
-                             "faster per patch on CPU; falls back to torch if the export fails.")
+    parser.add_argument("--backend", default=os.environ.get("LANDCOVER_BACKEND", DEFAULT_BACKEND), choices=BACKENDS,
+                        help="Inference engine (env LANDCOVER_BACKEND; default auto: the ONNX graph the model "
+                             "folder ships, else torch; see landcover/defaults.py). Falls back to torch if ONNX fails.")
     return parser.parse_args(argv)
 
 
 ARGS = parse_args(None if __name__ == "__main__" else [])
 try:
-    predictor = load_predictor(ARGS.model, backend=ARGS.backend)  # ONNX export problems fall back to torch
+    predictor = load_predictor(ARGS.model, backend=ARGS.backend)  # ONNX problems fall back to torch
 except (FileNotFoundError, ValueError) as err:
     sys.exit(f"error: cannot load the model: {err}")
 demo = build_demo(predictor, ARGS.examples)

@@ -1,9 +1,10 @@
-"""Prepared GPU check: wide_resnet50_2 @ 224 px, bf16, channels_last training images/s on one CUDA device.
+"""Prepared GPU check: wide_resnet50_2 @ 224 px, bf16, channels_last training and inference images/s on one GPU.
 
 Runs ``bench/train_throughput.py`` (the project's real training loop, generated data) in subprocesses:
 eager, then optionally ``torch.compile`` and the notebook-style baseline, each with a hard time limit,
 and prints a small table with the estimated time per epoch of 16,200 training images (EuroSAT's
-default 75 % split). The whole check stays under 5 minutes. Goal: >= 4,000 img/s on one H200.
+default 75 % split), then times inference (forward only, same batch, bf16) in-process for 10 s. The whole
+check stays under 5 minutes. Goal: >= 4,000 img/s on one H200.
 
     python bench/gpu_check.py                       # eager only (~1 min)
     python bench/gpu_check.py --compile --baseline  # + torch.compile and the notebook loop (< 5 min)
@@ -42,6 +43,26 @@ def run_case(label: str, extra: list[str], args, timeout: float) -> dict:
     out = json.loads(lines[-1])
     out.update(label=label, wall_s=time.perf_counter() - start)
     return out
+
+
+def inference_rate(model_name: str, image_size: int, batch_size: int, seconds: float = 10.0) -> dict:
+    """Inference images/s of the untrained timm model on CUDA: bf16 autocast, channels_last, inference_mode."""
+    import timm
+    import torch
+
+    model = timm.create_model(model_name, pretrained=False, num_classes=10).cuda().eval()
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(batch_size, 3, image_size, image_size, device="cuda").to(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        for _ in range(5):  # warm-up: cuDNN algorithm choice
+            model(x)
+        torch.cuda.synchronize()
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            model(x)
+            n += batch_size
+        torch.cuda.synchronize()
+    return {"label": "inference bf16 channels_last", "img_per_s": n / (time.perf_counter() - start)}
 
 
 def main(argv=None) -> int:
@@ -85,6 +106,9 @@ def main(argv=None) -> int:
         ips = r[key]["img_per_s"]
         print(f"{r['label']:34s} {ips:9.0f} {EPOCH_IMAGES / ips:14.1f} s"
               f"{'   (goal >= %d img/s: %s)' % (GOAL, 'met' if ips >= GOAL else 'NOT met') if key == 'project' else ''}")
+    if BUDGET_S - (time.perf_counter() - start) > 20:
+        r = inference_rate(args.model, args.image_size, args.batch_size)
+        print(f"{r['label']:34s} {r['img_per_s']:9.0f} img/s (forward only, batch {args.batch_size})")
     print(f"total {time.perf_counter() - start:.0f}s")
     return 0 if all("error" not in r for r in results) else 1
 

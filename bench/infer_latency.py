@@ -1,20 +1,24 @@
-"""CPU inference latency: the project's Predictor (torch, onnx) vs raw ONNX Runtime vs a Flask-app-style predictor.
+"""CPU inference latency: the project's Predictor (onnx, int8, torch) vs the plain ONNX Runtime path.
 
 For each model, one 64 x 64 patch and one batch of 64 patches (PIL images in, probabilities out):
 
-* ``project torch``  ``Predictor.load(folder).predict(images)`` (eval, inference_mode, one pass at a time);
-* ``project onnx``   the same with ``backend="onnx"`` (exported once by torch.onnx, cached);
-* ``raw onnxruntime`` a bare ``InferenceSession`` on the same ``.onnx`` file, numpy preprocessing, numpy
-  softmax: the floor the project's overhead is measured against;
-* ``flask-style``    what the Flask app we start from did per request: build the model and load the
-  weights from disk, torchvision transforms per image, forward, softmax (batch of 64 = one request with
-  64 images, so one reload).
+* ``project onnx``   ``load_predictor(folder, backend="onnx", tta=False).predict(images)``: the float graph
+  the folder ships (uint8 pixels in, preprocessing inside the graph), else exported once and cached;
+* ``project int8``   the same with the shipped int8 graph (only where the folder ships one);
+* ``today``          the previous onnx path: torch preprocessing + the network graph
+  (``onnx_reference.TodayEngine``), the reference the probabilities are compared with (max |diff|);
+* ``plain onnxruntime`` the fastest plain path a user would write on the same network graph: PIL
+  ``img.resize((S, S))`` (bilinear), numpy ``/255``, mean/std, ``session.run``, numpy softmax: the floor
+  the project's overhead is measured against (``onnx_reference.PlainOnnx``);
+* ``project torch``  ``backend="torch"`` (eager, inference_mode);
+* ``flask-style``    a per-request reload: build the model and load the weights from disk, torchvision
+  transforms per image, forward, softmax (batch of 64 = one request with 64 images, so one reload).
 
 Calls are interleaved round-robin (each round times every variant once), so load changes on a shared
-machine hit all variants alike; medians and p95 are reported with their ratio to raw ONNX Runtime.
+machine hit all variants alike; medians and p95 are reported with their ratio to the plain path.
 
-    nice -n 19 python bench/infer_latency.py                       # default model + wide_resnet50_2
-    nice -n 19 python bench/infer_latency.py --models default --repeats 200 --threads 1
+    python bench/infer_latency.py --models default --skip-flask      # the embedded model
+    python bench/infer_latency.py                                    # + wide_resnet50_2 and flask-style
 
 ``default`` is the embedded model (landcover/default_model); while it is missing, an untrained
 efficientnet_lite0 at 64 px stands in (same graph, same cost). wide_resnet50_2 is untrained too
@@ -63,38 +67,6 @@ def make_folder(name: str, root: Path) -> tuple[Path, str]:
     return folder, note
 
 
-class RawOnnx:
-    """The minimum: numpy preprocessing + ``session.run`` + numpy softmax."""
-
-    def __init__(self, path: Path, threads: int, mean, std, input_size: int):
-        from landcover.onnx_backend import session_options
-        import onnxruntime as ort
-
-        self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
-        self.mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1) * 255.0
-        self.scale = 1.0 / (np.asarray(std, np.float32).reshape(1, 3, 1, 1) * 255.0)
-        self.input_size = input_size  # a model input larger than the patch: one fixed bilinear matrix per axis
-
-    def __call__(self, images: list[Image.Image]) -> np.ndarray:
-        x = np.stack([np.asarray(im.convert("RGB")) for im in images]).transpose(0, 3, 1, 2).astype(np.float32)
-        if x.shape[-1] != self.input_size:
-            resize = bilinear_matrix(x.shape[-1], self.input_size)
-            x = resize @ x @ resize.T
-        logits = self.session.run(None, {self.input: (x - self.mean) * self.scale})[0]
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
-
-
-def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """``(out, in)`` weights of torch's antialiased bilinear resize (triangle filter widened when shrinking)."""
-    scale = in_size / out_size
-    centre = (np.arange(out_size) + 0.5) * scale - 0.5
-    support = max(scale, 1.0)
-    w = np.clip(1 - np.abs(np.arange(in_size)[None, :] - centre[:, None]) / support, 0, None)
-    return (w / w.sum(1, keepdims=True)).astype(np.float32)
-
-
 class FlaskStyle:
     """Reloads the model from disk on every call, as the Flask app we start from did."""
 
@@ -136,7 +108,7 @@ def measure(variants: dict, repeats: int, slow_every: dict, warmup: int = 3) -> 
 
 def summarise(model: str, case: str, times: dict[str, list[float]]) -> list[tuple]:
     med = {k: statistics.median(v) for k, v in times.items()}
-    raw = med.get("raw onnxruntime")
+    raw = med.get(PLAIN)
     rows = []
     for name, v in times.items():
         p95 = sorted(v)[max(0, int(round(0.95 * len(v))) - 1)]
@@ -144,39 +116,53 @@ def summarise(model: str, case: str, times: dict[str, list[float]]) -> list[tupl
     return rows
 
 
+PLAIN = "plain onnxruntime"
+
+
 def bench_model(name: str, root: Path, args) -> list[tuple]:
-    from landcover.predict import Predictor
+    from onnx_reference import PlainOnnx, TodayEngine
+
+    from landcover.predict import Predictor, load_predictor
 
     folder, note = make_folder(name, root)
     t = time.perf_counter()
-    # One pass per patch for the like-for-like rows; the model's own TTA (if any) gets a row of its own.
-    torch_p = Predictor.load(str(folder), threads=args.threads, tta=False)
-    load_torch = time.perf_counter() - t
-    t = time.perf_counter()
-    onnx_p = Predictor.load(str(folder), backend="onnx", threads=args.threads, tta=False)
+    onnx_p = load_predictor(str(folder), backend="onnx", threads=args.threads, tta=False)
     load_onnx = time.perf_counter() - t
-    tta_mode = onnx_p.model_tta
-    tta_p = Predictor.load(str(folder), backend="onnx", threads=args.threads) if tta_mode else None
+    # One pass per patch for the like-for-like rows.
+    torch_p = load_predictor(str(folder), backend="torch", tta=False)
+    try:
+        int8_p = load_predictor(str(folder), backend="int8", threads=args.threads, tta=False)
+    except ValueError:  # the folder ships no int8 graph
+        int8_p = None
     threads = onnx_p.onnx.threads
-    raw = RawOnnx(onnx_p.onnx.path, threads, onnx_p.mean, onnx_p.std, onnx_p.input_size)
+    today = Predictor(torch_p.loaded, TodayEngine(torch_p.loaded, onnx_p.input_size, onnx_p.mean, onnx_p.std,
+                                                  threads), tta=False)
+    plain = PlainOnnx(today.engine.path, threads, onnx_p.mean, onnx_p.std, onnx_p.input_size,
+                      onnx_p.temperature(None))
     flask = FlaskStyle(folder)
     arch = torch_p.info["architecture"]
-    print(f"\n{arch}: {note}; load torch {load_torch:.1f}s, onnx {load_onnx:.1f}s (export on first use, "
-          f"cached at {onnx_p.onnx.path}); torch threads {torch.get_num_threads()}, ORT threads {threads}",
-          flush=True)
+    print(f"\n{arch}: {note}; onnx load {load_onnx:.2f} s ({onnx_p.onnx.source} graph {onnx_p.onnx.path.name}); "
+          f"torch threads {torch.get_num_threads()}, ORT threads {threads}", flush=True)
     rng = np.random.default_rng(0)
     patches = [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(args.batch)]
-    # Same answer from every variant (sanity check, not a test).
-    ref = torch_p.predict_tensor(torch.from_numpy(np.stack([np.asarray(p) for p in patches[:4]])).permute(0, 3, 1, 2))
-    assert np.allclose(raw(patches[:4]), ref.numpy(), atol=1e-4), "raw ORT disagrees with torch"
+    if args.data:  # real patches instead of noise
+        files = sorted(Path(args.data).glob("*/*.jpg"))
+        patches = [Image.open(files[i]).convert("RGB") for i in rng.choice(len(files), args.batch, replace=False)]
+    # Same answer as today's path (probabilities within 1e-3), the plain path as well.
+    ref = np.array([[d[k] for k in today.labels] for d in today.predict(patches)])
+    for label, probs in (("project onnx", onnx_p.predict(patches)), ("project torch", torch_p.predict(patches))):
+        diff = np.abs(np.array([[d[k] for k in today.labels] for d in probs]) - ref).max()
+        print(f"{label} vs today: max |probability difference| {diff:.2e} over {len(patches)} patches", flush=True)
+    print(f"{PLAIN} vs today: max |probability difference| {np.abs(plain(patches) - ref).max():.2e}", flush=True)
     rows = []
     for case, images, repeats in (("1 patch", patches[:1], args.repeats),
                                   (f"batch {args.batch}", patches, max(5, args.repeats // 10))):
-        variants = {"project torch": lambda im=images: torch_p.predict(im),
-                    "project onnx": lambda im=images: onnx_p.predict(im),
-                    "raw onnxruntime": lambda im=images: raw(im)}
-        if tta_p is not None:
-            variants[f"onnx + tta {tta_mode}"] = lambda im=images: tta_p.predict(im)
+        variants = {"project onnx": lambda im=images: onnx_p.predict(im),
+                    PLAIN: lambda im=images: plain(im),
+                    "today": lambda im=images: today.predict(im),
+                    "project torch": lambda im=images: torch_p.predict(im)}
+        if int8_p is not None:
+            variants["project int8"] = lambda im=images: int8_p.predict(im)
         slow = {}
         if not args.skip_flask:
             variants["flask-style"] = lambda im=images: flask(im)
@@ -188,8 +174,8 @@ def bench_model(name: str, root: Path, args) -> list[tuple]:
 
 def print_rows(rows: list[tuple]) -> None:
     for model, case, name, n, med, p95, ratio in rows:
-        print(f"{model:20s} {case:9s} {name:18s} n={n:4d}  median {med:9.2f} ms  p95 {p95:9.2f} ms  "
-              f"{ratio:7.2f}x raw ORT", flush=True)
+        print(f"{model:20s} {case:9s} {name:18s} n={n:4d}  median {med:9.3f} ms  p95 {p95:9.3f} ms  "
+              f"{ratio:7.2f}x plain", flush=True)
 
 
 def main(argv=None) -> int:
@@ -198,10 +184,16 @@ def main(argv=None) -> int:
                         help="Comma-separated: 'default' and/or timm architectures.")
     parser.add_argument("--repeats", type=int, default=100, help="Rounds for one patch (batch: a tenth).")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=None, help="Intra-op threads (default: torch's).")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="Threads for ONNX Runtime and torch (default: the cores this process may use).")
+    parser.add_argument("--data", default=None, help="EuroSAT folder: time real patches instead of noise.")
     parser.add_argument("--flask-repeats", type=int, default=5, help="Timed calls of the reloading predictor.")
     parser.add_argument("--skip-flask", action="store_true")
     args = parser.parse_args(argv)
+    from landcover.defaults import default_threads
+
+    args.threads = args.threads or default_threads()
+    torch.set_num_threads(args.threads)  # the benchmark owns its process
     load_before = os.getloadavg()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
           f"torch {torch.__version__}; load average before {load_before[0]:.2f}", flush=True)
@@ -209,14 +201,14 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="landcover-bench-") as tmp:
         for name in args.models.split(","):
             rows += bench_model(name.strip(), Path(tmp), args)
-    print("\nsummary (median ms; ratio to raw ONNX Runtime on the same model)")
+    print("\nsummary (median ms; ratio to the plain ONNX Runtime path on the same model)")
     print_rows(rows)
     for model in dict.fromkeys(r[0] for r in rows):
         for case in dict.fromkeys(r[1] for r in rows if r[0] == model):
             med = {r[2]: r[4] for r in rows if r[0] == model and r[1] == case}
-            if "flask-style" in med:
-                print(f"{model} {case}: flask-style / project onnx = {med['flask-style'] / med['project onnx']:.1f}x, "
-                      f"project torch / project onnx = {med['project torch'] / med['project onnx']:.2f}x")
+            print(f"{model} {case}: project onnx / plain = {med['project onnx'] / med[PLAIN]:.2f}x (target <= 1.2), "
+                  f"today / plain = {med['today'] / med[PLAIN]:.2f}x, "
+                  f"project torch / project onnx = {med['project torch'] / med['project onnx']:.2f}x")
     print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} "
           f"(figures are depressed when other processes share the CPU)")
     return 0

@@ -1,16 +1,25 @@
-"""Scene-mapping throughput: patches/s for a 2048 x 2048 px scene (1,024 tiles of 64 px at stride 64).
+"""Scene-mapping throughput, end to end, today's path next to the shipped float and int8 ONNX graphs.
 
 Usage::
 
-    python bench/scene_throughput.py [--model M] [--data EUROSAT_DIR] [--batch-sizes 64,256,1024] [--threads 2]
+    python bench/scene_throughput.py [--model M] [--data EUROSAT_DIR] [--size 2048] [--variants today,onnx,int8]
 
-The scene is random texture (throughput does not depend on content), or with ``--data`` a mosaic of
-real EuroSAT patches drawn with a fixed seed; it is written to a temporary folder, never to the repo.
-Timed end to end as the ``map`` command runs it (read, tile, batch, classify, average), model loading
-excluded; the model-only rate (``predict_tensor`` on pre-cut tiles) is shown next to it. On a shared
-machine wall-clock rates understate the code, so the rate implied by the process's CPU time
-(``patches x threads / cpu_seconds``) is reported too. Goal: >= 1,000 patches/s on 2 CPU cores with the
-default model.
+Each timed run does what ``python -m landcover map scene.png`` does between loading the model and drawing
+the map: open and decode the PNG, cut the tiles, classify them (preprocessing included), assemble the
+per-cell grid. Model loading is timed on its own. Variants, each a :class:`landcover.predict.Predictor`:
+
+* ``today``: the map path before this benchmark's work: torch preprocessing + the network in ONNX Runtime
+  float32 (:class:`onnx_reference.TodayEngine`);
+* ``onnx``: the shipped float graph (uint8 pixels in, preprocessing inside the graph);
+* ``int8``: the shipped static int8 graph (what ``map`` uses by default when its accuracy cost is within
+  budget; see ``landcover/defaults.py``);
+* ``torch``: eager torch.
+
+The scene is a mosaic of real EuroSAT patches with ``--data`` (fixed seed), else random texture; it is
+written to a temporary folder. With ``--data``, the accuracy of each variant on the model's test split
+(single pass) is measured too, and the int8 cost against the float graph printed. Runs are interleaved
+(round-robin) so that load changes hit every variant alike; the best of ``--repeat`` is reported, with
+the rate implied by CPU time (``tiles x threads / cpu seconds``) next to it.
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from landcover import mapping, raster  # noqa: E402
 from landcover.labels import PATCH_SIZE_PX  # noqa: E402
@@ -50,69 +61,114 @@ def build_scene(size: int, data: str | None, folder: Path, seed: int = 0) -> Pat
     return path
 
 
+def load_variant(name: str, model, threads: int):
+    """(predictor, load seconds) for a variant name (see the module docstring)."""
+    from landcover.model import data_config
+    from landcover.predict import Predictor, load_predictor
+
+    t = time.perf_counter()
+    if name == "today":
+        from onnx_reference import TodayEngine
+
+        base = load_predictor(model, backend="torch", tta=False)
+        dc = data_config(base.model)
+        engine = TodayEngine(base.loaded, base.input_size, dc["mean"], dc["std"], threads)
+        predictor = Predictor(base.loaded, engine, tta=False)
+    else:
+        predictor = load_predictor(model, backend=name, task="scenes", tta=False, threads=threads)
+        if predictor.backend != name:
+            raise SystemExit(f"variant {name}: got the {predictor.backend} backend instead")
+    return predictor, time.perf_counter() - t
+
+
+def map_once(predictor, path: Path, stride: int, batch_size: int) -> tuple[float, float, int]:
+    """(wall s, cpu s, tiles): open + decode + tile + classify + grid, as the map command."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    with raster.open_scene(path) as scene:
+        result = mapping.map_scene(predictor, scene, stride, batch_size=batch_size, progress=False, tta=False)
+    return time.perf_counter() - t0, time.process_time() - c0, int(result.classified.size)
+
+
+def test_accuracy(predictors: dict, data: str) -> dict:
+    """Single-pass accuracy of each variant on the model's test split (its splits.json when recorded)."""
+    import torch
+
+    from landcover.evaluate import load_split
+
+    first = next(iter(predictors.values()))
+    test = load_split(first, data, "test")
+    out = {}
+    for name, p in predictors.items():
+        probs = p.predict_tensor(test.images, batch_size=256, tta=False)
+        out[name] = float((probs.argmax(1) == torch.as_tensor(test.labels)).float().mean())
+    return {"n": len(test), "accuracy": out}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="Model folder or Hub id (default: the embedded model).")
-    parser.add_argument("--data", default=None, help="Real EuroSAT folder: build the scene from real patches.")
-    parser.add_argument("--size", type=int, default=2048, help="Scene side in px (default 2048).")
+    parser.add_argument("--data", default=None, help="Real EuroSAT folder: real-patch scene + test accuracy.")
+    parser.add_argument("--size", type=int, default=2048, help="Scene side in px (default 2048: 1,024 tiles).")
     parser.add_argument("--stride", type=int, default=PATCH_SIZE_PX)
-    parser.add_argument("--batch-sizes", default="64,256,1024", help="Comma-separated batch sizes to try.")
-    parser.add_argument("--backend", default="torch", choices=("torch", "onnx"), help="Inference backend.")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
-    parser.add_argument("--repeat", type=int, default=2, help="Timed runs per batch size (best is reported).")
-    parser.add_argument("--tta", nargs="?", const=True, default=False, choices=("hflip", "flips", "d4"),
-                        help="Test-time augmentation per tile, as `map --tta` (default: one pass, as `map`).")
+    parser.add_argument("--batch-size", type=int, default=256, help="Tiles per forward pass (map's default).")
+    parser.add_argument("--variants", default="today,onnx,int8", help="Comma-separated: today, onnx, int8, torch.")
+    parser.add_argument("--threads", type=int, default=None, help="Threads (default: the cores we may use).")
+    parser.add_argument("--repeat", type=int, default=5, help="Timed runs per variant (best is reported).")
     parser.add_argument("--json", action="store_true", help="Print one JSON object.")
     args = parser.parse_args(argv)
 
     import torch
 
-    from landcover.predict import Predictor
+    from landcover.defaults import default_threads
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    predictor = Predictor.load(args.model, backend=args.backend)
-    threads = min(torch.get_num_threads(), os.cpu_count() or 1)
-    results = []
+    threads = args.threads or default_threads()
+    torch.set_num_threads(threads)  # the benchmark owns its process: torch preprocessing gets the same cores
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    predictors, load_s = {}, {}
+    for name in names:
+        predictors[name], load_s[name] = load_variant(name, args.model, threads)
+    runs = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         path = build_scene(args.size, args.data, Path(tmp))
-        with raster.open_scene(path) as scene:
-            rows, cols = mapping.tile_grid(scene.height, scene.width, stride=args.stride)
-            tiles = torch.from_numpy(np.concatenate([b.tiles.reshape(-1, *b.tiles.shape[2:])
-                                                     for b in mapping.iter_blocks(scene, args.stride)]))
-            predictor.predict_tensor(tiles[:64], batch_size=64, tta=args.tta)  # warm-up (allocations, kernels)
-            for bs in [int(b) for b in args.batch_sizes.split(",")]:
-                best_map = best_model = best_cpu = float("inf")
-                for _ in range(args.repeat):
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    mapping.map_scene(predictor, scene, args.stride, batch_size=bs, progress=False, tta=args.tta)
-                    best_map = min(best_map, time.perf_counter() - t0)
-                    best_cpu = min(best_cpu, time.process_time() - c0)
-                    t0 = time.perf_counter()
-                    predictor.predict_tensor(tiles, batch_size=bs, tta=args.tta)
-                    best_model = min(best_model, time.perf_counter() - t0)
-                results.append({"batch_size": bs, "map_patches_per_s": round(rows * cols / best_map, 1),
-                                "model_patches_per_s": round(rows * cols / best_model, 1),
-                                "map_seconds": round(best_map, 3), "map_cpu_seconds": round(best_cpu, 3),
-                                # What the threads would reach with the cores to themselves (shared machines):
-                                "map_patches_per_s_if_idle": round(rows * cols * threads / best_cpu, 1)})
-    report = {"scene_px": args.size, "stride": args.stride, "patches": rows * cols,
-              "model": predictor.info.get("architecture"), "backend": args.backend,
-              "tta": predictor.resolve_tta(args.tta),
-              "input_size": predictor.input_size,
-              "source": "real EuroSAT mosaic" if args.data else "random texture",
-              "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-              "load_average": [round(x, 2) for x in os.getloadavg()], "results": results}
+        for name in names:  # warm-up: allocations, kernels, page cache
+            map_once(predictors[name], path, args.stride, args.batch_size)
+        for _ in range(args.repeat):
+            for name in names:
+                runs[name].append(map_once(predictors[name], path, args.stride, args.batch_size))
+    tiles = runs[names[0]][0][2]
+    rows = []
+    for name in names:
+        wall = min(r[0] for r in runs[name])
+        cpu = min(r[1] for r in runs[name])
+        rows.append({"variant": name, "backend": predictors[name].backend, "load_s": round(load_s[name], 3),
+                     "map_s": round(wall, 4), "tiles_per_s": round(tiles / wall, 1),
+                     "median_tiles_per_s": round(tiles / float(np.median([r[0] for r in runs[name]])), 1),
+                     "tiles_per_s_from_cpu_time": round(tiles * threads / cpu, 1)})
+    report = {"scene_px": args.size, "stride": args.stride, "tiles": tiles, "batch_size": args.batch_size,
+              "source": "real EuroSAT mosaic" if args.data else "random texture", "threads": threads,
+              "cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()], "results": rows}
+    if args.data:
+        report["test"] = test_accuracy(predictors, args.data)
+        acc = report["test"]["accuracy"]
+        if "int8" in acc and "onnx" in acc:
+            report["test"]["int8_cost_points"] = round(100 * (acc["onnx"] - acc["int8"]), 3)
     if args.json:
         print(json.dumps(report))
-    else:
-        print(f"{report['patches']} patches ({args.size}x{args.size} px, stride {args.stride}), model "
-              f"{report['model']} @ {report['input_size']} px ({args.backend}, tta {report['tta']}), "
-              f"{report['torch_threads']} torch threads, load average {report['load_average']}")
-        for r in results:
-            print(f"  batch {r['batch_size']:5d}: map {r['map_patches_per_s']:8.1f} patches/s "
-                  f"({r['map_seconds']:.2f} s; {r['map_patches_per_s_if_idle']:.1f}/s from CPU time)   "
-                  f"model only {r['model_patches_per_s']:8.1f} patches/s")
+        return 0
+    print(f"{tiles} tiles ({args.size}x{args.size} px, stride {args.stride}, {report['source']}), batch "
+          f"{args.batch_size}, {threads} threads, load average {report['load_average']}")
+    base = rows[0]["tiles_per_s"]
+    for r in rows:
+        print(f"  {r['variant']:6s} ({r['backend']:5s}) map end to end {r['tiles_per_s']:8.1f} tiles/s "
+              f"(best of {args.repeat}: {r['map_s']:.3f} s; median {r['median_tiles_per_s']:.1f}/s; "
+              f"{r['tiles_per_s_from_cpu_time']:.1f}/s from CPU time)  {r['tiles_per_s'] / base:5.2f}x "
+              f"{rows[0]['variant']}   model load {r['load_s']:.2f} s")
+    if args.data:
+        t = report["test"]
+        print(f"test split ({t['n']} patches, single pass): " +
+              ", ".join(f"{k} {100 * v:.2f} %" for k, v in t["accuracy"].items()))
+        if "int8_cost_points" in t:
+            print(f"int8 accuracy cost vs float: {t['int8_cost_points']:+.2f} points (budget 0.3)")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Command lines: ``train.py`` and ``python -m landcover {evaluate,predict,push,map,change}``."""
+"""Command lines: ``train.py`` and ``python -m landcover {evaluate,predict,push,export-onnx,map,change}``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from .config import TTA_MODES, TrainConfig, add_dataclass_arguments, tta_choices_help
+from .defaults import BACKENDS, DEFAULT_BACKEND
 
 
 def train_main(argv: Optional[list[str]] = None) -> int:
@@ -144,10 +145,17 @@ def _push(args) -> int:
     return 0
 
 
+def _export_onnx(args) -> int:
+    from .quantize import export_folder
+
+    export_folder(args.folder, args.data, calibration=args.calibration)
+    return 0
+
+
 def _add_backend(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnx"],
-                        help="Inference engine: torch, or onnx (ONNX Runtime; exported once and cached, "
-                             "faster on the CPU).")
+    parser.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS,
+                        help="Inference engine (default auto: the ONNX graph the model folder ships, else "
+                             "torch; onnx exports once and caches; see landcover/defaults.py).")
 
 
 # ---------------------------------------------------------------- map and change (scene commands)
@@ -193,9 +201,10 @@ def _add_scene_options(p: argparse.ArgumentParser, model_help: str) -> None:
                                                    "CRS and transform (georeferenced scenes only).")
     p.add_argument("--geojson", default=None, help="Also write class regions as GeoJSON polygons in the scene's "
                                                    "CRS (georeferenced scenes only).")
-    p.add_argument("--backend", default="onnx", choices=("torch", "onnx"),
-                   help="Inference backend (default onnx: ONNX Runtime, exported once and cached; falls back "
-                        "to torch if the export fails).")
+    p.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS,
+                   help="Inference engine (default auto: the int8 graph the model folder ships when its measured "
+                        "accuracy cost is within budget, else its float ONNX graph, else torch; falls back to "
+                        "torch if ONNX fails; see landcover/defaults.py).")
     p.add_argument("--tta", nargs="?", const=True, default=False, choices=tuple(TTA_MODES), metavar="MODE",
                    help=f"Average flips/rotations of every tile ({tta_choices_help()}; bare --tta: the model's mode "
                         f"or d4). Maps use one pass by default.")
@@ -265,7 +274,7 @@ def _map_command(args) -> int:
     with _open_scene(args.scene, args) as scene:
         _need_georeference(scene, args, args.scene)
         _report_scene(scene)
-        predictor = load_predictor(args.model, backend=args.backend)
+        predictor = load_predictor(args.model, backend=args.backend, task="scenes")
         result = map_scene(predictor, scene, args.stride, args.batch_size, False if args.no_progress else None,
                            args.tta)
         render.render_map_with_legend(result).save(args.out)
@@ -307,7 +316,7 @@ def _change_command(args) -> int:
         _report_scene(after, "after")
         from .predict import load_predictor
 
-        predictor = load_predictor(args.model, backend=args.backend)
+        predictor = load_predictor(args.model, backend=args.backend, task="scenes")
         result = detect_change(predictor, before, after, args.stride, args.batch_size, args.min_confidence,
                                False if args.no_progress else None, args.tta)
         render_change(result, after).save(args.out)
@@ -370,6 +379,15 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--private", action="store_true", help="Create the repo as private.")
     pu.add_argument("--revision", default=None, help="Branch to push to (created if missing).")
     pu.set_defaults(func=_push)
+
+    ex = sub.add_parser("export-onnx", help="(Re)write the ONNX graphs a model folder ships.",
+                        description="Write FOLDER/onnx/: the float graph (weights read from model.safetensors) "
+                                    "and, with --data, the int8 graph calibrated on the validation split, with its "
+                                    "accuracy cost measured on the test split; checksums in onnx/onnx.json.")
+    ex.add_argument("folder", help="Local model folder (written by train.py).")
+    ex.add_argument("--data", default=None, help="The training data (local folder or Hub id) for the int8 graph.")
+    ex.add_argument("--calibration", type=positive_int, default=512, help="Validation patches to calibrate on.")
+    ex.set_defaults(func=_export_onnx)
 
     add_scene_commands(sub)
     return parser

@@ -25,7 +25,7 @@ WEIGHTS = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl", ".pickle")
 # What a pull downloads and a push uploads (never checkpoints, never pickles).
 MODEL_FILES = ["config.json", WEIGHTS, "train_config.json", "metrics.json", "splits.json", "README.md",
-               "*.png", "examples/*"]
+               "*.png", "examples/*", "onnx/*"]
 # Belt and braces on top of MODEL_FILES: resumable checkpoints, temp dirs and pickles never leave the machine.
 PUSH_IGNORE = ["checkpoints/*", "*.tmp/*", ".*", *(f"*{suffix}" for suffix in PICKLE_SUFFIXES)]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")

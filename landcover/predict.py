@@ -1,30 +1,30 @@
 """``Predictor``: load a model once, classify PIL images or uint8 batches. No Gradio here.
 
-CPU fast path: eval mode + ``inference_mode``, one forward pass at a time (a pass already uses every
-core), an optional ONNX Runtime backend (``backend="onnx"``, several times faster than eager torch at
-batch 1 on small models) and an optional micro-batcher (``batching=True``) that merges concurrent
-:meth:`Predictor.predict` calls from several threads (web requests) into one forward pass.
+Three separate parts: the engine (:class:`TorchEngine`: eager torch on any device; :class:`OnnxEngine`:
+ONNX Runtime float or int8 on the CPU, see :mod:`landcover.onnx_backend`), the test-time augmentation
+policy (:meth:`Predictor.resolve_tta`) and the decoding of inputs (:mod:`landcover.imageio`). Which
+engine an entry point gets is decided once, in :func:`load_predictor` with the defaults of
+:mod:`landcover.defaults`.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
-import time
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 from PIL import Image
 
 from .calibration import SINGLE_PASS
 from .config import TTA_MODES
+from .defaults import (BACKENDS, DEFAULT_BACKEND, INT8_MAX_ACCURACY_COST, PATCH_TTA, TASKS, TTA,  # noqa: F401
+                       check_backend, parse_tta)
 from .hub import DEFAULT_MODEL_DIR, LoadedModel, load_model
 from .imageio import decode_rgb8, open_image_file
 from .model import data_config
 from .transforms import preprocess, resize_uint8, tta_views
-
-BACKENDS = ("torch", "onnx")
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -33,96 +33,58 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(decode_rgb8(image)).permute(2, 0, 1)
 
 
-class MicroBatcher:
-    """Merges concurrent requests into one call of ``run`` (leader/follower, no background thread).
+class TorchEngine:
+    """Eager PyTorch inference: :func:`landcover.transforms.preprocess` then the model, on any device.
 
-    The first caller that finds no pass running becomes the leader: it waits up to ``max_wait_s`` for
-    more requests (until ``max_batch`` images are queued), runs them as one batch and hands the results
-    out; requests that arrive meanwhile queue up and the next leader takes them all at once. With
-    ``max_wait_s=0`` a lone request runs at once (no added latency) and merging is purely opportunistic.
+    Threads are torch's process-wide setting (``torch.set_num_threads``), the application's choice: a
+    Predictor never changes it.
     """
 
-    def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], max_batch: int = 64,
-                 max_wait_s: float = 0.002):
-        if max_batch < 1 or max_wait_s < 0:
-            raise ValueError(f"Expected max_batch >= 1 and max_wait_s >= 0; got {max_batch} and {max_wait_s}.")
-        self._run = run
-        self.max_batch, self.max_wait_s = max_batch, max_wait_s
-        self._cond = threading.Condition()
-        self._pending: list[_Request] = []
-        self._busy = False
-        self.passes = 0  # forward passes run so far
-        self.requests = 0  # requests served so far
+    name = "torch"
 
-    def submit(self, images: torch.Tensor) -> torch.Tensor:
-        """Run ``images`` (a batch of one request) merged with whatever else is queued; returns its rows."""
-        req = _Request(images)
-        with self._cond:
-            self._pending.append(req)
-            self._cond.notify_all()  # a collecting leader counts the new images
-            while not req.done:
-                if self._busy:
-                    self._cond.wait()
-                    continue
-                self._busy = True
-                try:
-                    self._lead()
-                finally:
-                    self._busy = False
-                    self._cond.notify_all()  # results are out; the next leader may start
-        if req.error is not None:
-            raise req.error
-        return req.result
+    def __init__(self, model: torch.nn.Module, input_size: int, mean, std, device: str = "cpu",
+                 channels_last: Optional[bool] = None):
+        self.device = torch.device(device)
+        self.input_size, self.mean, self.std = input_size, mean, std
+        # channels_last pays off for convolutions on GPUs; on the CPU it was measured neutral to slower
+        # for efficientnet_lite0 at batch 1 (bench/infer_latency.py), so it is opt-in there.
+        self.channels_last = (self.device.type == "cuda") if channels_last is None else channels_last
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model = model.eval().to(self.device, memory_format=self.memory_format)
 
-    def _queued(self) -> int:
-        return sum(r.n for r in self._pending)
-
-    def _lead(self) -> None:
-        # Called with the condition held; releases it while waiting and while the pass runs.
-        deadline = time.monotonic() + self.max_wait_s
-        while self._queued() < self.max_batch:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self._cond.wait(remaining)
-        batch, total = [], 0
-        while self._pending and (not batch or total + self._pending[0].n <= self.max_batch):
-            batch.append(self._pending.pop(0))
-            total += batch[-1].n
-        self._cond.release()
-        try:
-            self._serve(batch)
-        finally:
-            self._cond.acquire()
-        self.passes += 1
-        self.requests += len(batch)
-
-    def _serve(self, batch: list["_Request"]) -> None:
-        try:
-            merged = batch[0].images if len(batch) == 1 else torch.cat([r.images for r in batch])
-            out = self._run(merged)
-        except BaseException as err:  # every waiting caller gets the error, not a hang
-            for r in batch:
-                r.error, r.done = err, True
-            return
-        start = 0
-        for r in batch:
-            r.result, r.done = out[start:start + r.n], True
-            start += r.n
+    def logits(self, images: torch.Tensor, mode: Optional[str]) -> torch.Tensor:
+        """Logits of uint8 ``(N, 3, H, W)`` images; with ``mode``, of its views, view-major."""
+        x = preprocess(images.to(self.device), self.input_size, self.mean, self.std, self.memory_format)
+        if mode:
+            x = tta_views(x, mode)
+        return self.model(x).float().cpu()
 
 
-class _Request:
-    __slots__ = ("images", "n", "result", "error", "done")
+class OnnxEngine:
+    """ONNX Runtime inference on the CPU: uint8 pixels straight into the graph (preprocessing inside it)."""
 
-    def __init__(self, images: torch.Tensor):
-        self.images, self.n = images, int(images.shape[0])
-        self.result: Optional[torch.Tensor] = None
-        self.error: Optional[BaseException] = None
-        self.done = False
+    device = torch.device("cpu")
+    channels_last = False
+    memory_format = torch.contiguous_format
+
+    def __init__(self, session, input_size: int):
+        self.session, self.input_size = session, input_size
+        self.name = "int8" if session.precision == "int8" else "onnx"
+
+    def logits(self, images: torch.Tensor, mode: Optional[str]) -> torch.Tensor:
+        if mode:
+            if images.shape[-1] != images.shape[-2]:  # the views need a square: bring it to the input size
+                images = torch.cat([resize_uint8(im, self.input_size) for im in images])
+            images = tta_views(images, mode)
+        return torch.from_numpy(self.session(images.numpy()))
 
 
 class Predictor:
-    """A loaded classifier. Create it once per process with :meth:`load`, then call :meth:`predict`.
+    """A loaded classifier: a model folder, an inference engine and a test-time augmentation policy.
+
+    Create it once per process with :func:`load_predictor` (or :meth:`load`, the same), then call
+    :meth:`predict` (PIL images) or :meth:`predict_tensor` (uint8 batches). Thread-safe: one forward pass
+    at a time (a pass already uses every core).
 
     Example:
         >>> p = Predictor.load()            # the embedded default model
@@ -130,65 +92,57 @@ class Predictor:
         {'Forest': 0.98, ...}
     """
 
-    def __init__(self, loaded: LoadedModel, device: str = "cpu", threads: Optional[int] = None,
-                 backend: str = "torch", channels_last: Optional[bool] = None, batching: bool = False,
-                 max_batch: int = 64, max_wait_ms: float = 2.0, tta: Optional[bool] = None):
-        if backend not in BACKENDS:
-            raise ValueError(f"Unknown backend {backend!r}; expected one of {BACKENDS}.")
-        self.loaded = loaded
-        self.device = torch.device(device)
-        if backend == "onnx" and self.device.type != "cpu":
-            raise ValueError(f"The onnx backend runs on the CPU; got device {device!r}. Use --backend torch.")
-        if threads:
-            torch.set_num_threads(threads)
-        self.backend = backend
+    def __init__(self, loaded: LoadedModel, engine: "TorchEngine | OnnxEngine", tta: TTA = PATCH_TTA):
+        self.loaded, self.engine = loaded, engine
+        self.model = loaded.model
+        self.labels: list[str] = loaded.label_names
+        self.input_size = engine.input_size
+        dc = data_config(self.model)
+        self.mean, self.std = dc["mean"], dc["std"]
         # Test-time augmentation travels with the model (config.json), like its preprocessing.
         self.model_tta: Optional[str] = loaded.config.get("test_time_augmentation") or None
         self.tta: Optional[str] = self.resolve_tta(tta)
-        self.model = loaded.model.eval()
-        self.labels: list[str] = loaded.label_names
-        dc = data_config(self.model)
-        self.input_size = int(dc["input_size"][-1])
-        self.mean, self.std = dc["mean"], dc["std"]
-        self._lock = threading.Lock()  # one forward pass at a time; a pass already uses every core
-        self.onnx = None
-        if backend == "onnx":
-            from .onnx_backend import load_onnx
-            self.onnx = load_onnx(self.model, loaded.folder, self.input_size, threads=threads or
-                                  torch.get_num_threads(), packaged=_is_packaged(loaded.folder))
-        # channels_last pays off for convolutions on GPUs; on the CPU it was measured neutral to slower
-        # for efficientnet_lite0 at batch 1 (bench/infer_latency.py), so it is opt-in there.
-        self.channels_last = (self.device.type == "cuda") if channels_last is None else channels_last
-        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.model = self.model.to(self.device, memory_format=self.memory_format)
-        self.batcher = MicroBatcher(self._probs, max_batch, max_wait_ms / 1000.0) if batching else None
+        self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, ref: Optional[str] = None, device: str = "cpu", threads: Optional[int] = None,
-             backend: str = "torch", **options) -> "Predictor":
-        """Load ``ref`` (None = embedded default, a folder, or a Hub id ``org/name[@rev]``).
+    def load(cls, ref: Optional[str] = None, backend: str = DEFAULT_BACKEND, **options) -> "Predictor":
+        """:func:`load_predictor` (the one loader; see there for the arguments)."""
+        return load_predictor(ref, backend, **options)
 
-        Args:
-            ref: Model reference (see :func:`landcover.hub.resolve_model_dir`).
-            device: ``cpu``, ``cuda``, ``cuda:1``, ``mps`` (torch backend).
-            threads: Intra-op threads (torch and ONNX Runtime); default: torch's (the physical cores).
-            backend: ``torch`` or ``onnx`` (exported once and cached, see :mod:`landcover.onnx_backend`).
-            **options: ``channels_last``, ``batching``, ``max_batch``, ``max_wait_ms``, ``tta`` (D4
-                test-time augmentation; default: what the model's config.json says).
-        """
-        return cls(load_model(ref), device=device, threads=threads, backend=backend, **options)
+    @property
+    def backend(self) -> str:
+        """``torch``, ``onnx`` or ``int8``: the engine actually in use."""
+        return self.engine.name
 
-    def resolve_tta(self, tta: "bool | str | None") -> Optional[str]:
-        """Test-time augmentation mode for ``tta``: None = the model's own (config.json), False = none,
-        True = the model's mode or ``d4``, or a mode name from ``landcover.config.TTA_MODES``."""
-        if tta is None:
+    @property
+    def onnx(self):
+        """The :class:`landcover.onnx_backend.OnnxModel` in use, or None on the torch backend."""
+        return getattr(self.engine, "session", None)
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    @property
+    def channels_last(self) -> bool:
+        return self.engine.channels_last
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return self.engine.memory_format
+
+    def resolve_tta(self, tta: TTA) -> Optional[str]:
+        """Test-time augmentation mode for ``tta``: None = the model's own (config.json), False (or
+        ``"none"``) = none, True = the model's mode or ``d4``, or a mode name of ``landcover.config.TTA_MODES``."""
+        value = parse_tta(tta)
+        if value is None:
             mode = self.model_tta
-        elif tta is True:
+        elif value is True:
             mode = self.model_tta or "d4"
-        elif tta is False:
+        elif value is False:
             mode = None
         else:
-            mode = str(tta)
+            mode = value
         if mode is not None and mode not in TTA_MODES:
             raise ValueError(f"Unknown test-time augmentation {mode!r} (from {'config.json' if tta is None else 'tta'}"
                              f"); expected one of {sorted(TTA_MODES)}, or none.")
@@ -224,83 +178,115 @@ class Predictor:
             "test_time_augmentation": self.tta,
         }
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.onnx is not None:
-            return self.onnx(x)
-        return self.model(x).float()
-
-    def predict_tensor(self, images: torch.Tensor, batch_size: int = 256, tta: "bool | str | None" = None
-                       ) -> torch.Tensor:
+    def predict_tensor(self, images: torch.Tensor, batch_size: int = 256, tta: TTA = None) -> torch.Tensor:
         """Class probabilities ``(N, C)`` for uint8 ``(N, 3, H, W)`` images of any size (e.g. scene tiles).
 
         ``tta`` overrides the predictor's test-time augmentation for this call (None: ``self.tta``;
-        otherwise as in :meth:`resolve_tta`).
+        otherwise as in :meth:`resolve_tta`). Every engine applies the model's calibration temperature
+        (config.json) of the mode used.
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"Expected a uint8 batch (N, 3, H, W); got shape {tuple(images.shape)}.")
+        if images.dtype != torch.uint8:
+            raise ValueError(f"Expected uint8 pixels (0..255); got {images.dtype}. Convert with "
+                             f"landcover.imageio.decode_rgb8.")
         mode = self.tta if tta is None else self.resolve_tta(tta)
         temperature = self.temperature(mode)
         out = []
         with self._lock, torch.inference_mode():
             for start in range(0, images.shape[0], batch_size):
-                x = preprocess(images[start:start + batch_size].to(self.device), self.input_size, self.mean,
-                               self.std, self.memory_format)
+                chunk = images[start:start + batch_size]
+                logits = self.engine.logits(chunk, mode)
+                probs = torch.softmax(logits / temperature if temperature != 1.0 else logits, dim=1)
                 if mode:  # mean probability over the flips/rotations of each patch
-                    n = x.shape[0]
-                    views = self._forward(tta_views(x, mode))
-                    probs = torch.softmax(views / temperature, dim=1).view(len(TTA_MODES[mode].symmetries), n,
-                                                                           -1).mean(0)
-                else:
-                    probs = torch.softmax(self._forward(x) / temperature, dim=1)
-                out.append(probs.cpu())
+                    probs = probs.view(len(TTA_MODES[mode].symmetries), chunk.shape[0], -1).mean(0)
+                out.append(probs)
         return torch.cat(out) if out else torch.empty(0, len(self.labels))
 
-    def _probs(self, images: torch.Tensor) -> torch.Tensor:
-        return self.predict_tensor(images)
-
     def predict(self, images: Sequence[Image.Image], top_k: Optional[int] = None) -> list[dict[str, float]]:
-        """Probabilities per label for each image, highest first (``top_k`` keeps the best k).
-
-        Thread-safe. With ``batching=True``, calls from several threads are merged into one forward pass.
-        """
+        """Probabilities per label for each image, highest first (``top_k`` keeps the best k)."""
         if not images:
             return []
-        batch = self._stack([pil_to_tensor(im) for im in images])
-        probs = self.batcher.submit(batch) if self.batcher is not None else self.predict_tensor(batch)
+        probs = self.predict_tensor(self._stack([pil_to_tensor(im) for im in images]))
         k = len(self.labels) if top_k is None else max(1, min(top_k, len(self.labels)))
         values, index = probs.topk(k, dim=1)
         labels = self.labels
         return [{labels[i]: v for v, i in zip(vs, ix)} for vs, ix in zip(values.tolist(), index.tolist())]
 
     def _stack(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        size = self.input_size
-        # Same-size images (e.g. 64 px patches for a 96 px model) go to preprocess unresized, exactly as in
+        # Same-size images (e.g. 64 px patches for a 96 px model) go to the engine unresized, exactly as in
         # evaluation; only mixed sizes are brought to the input size first.
         if len({tuple(t.shape[-2:]) for t in tensors}) == 1:
-            # One patch (the web request case): a view, no copy; preprocess makes it contiguous anyway.
             return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
         # Different sizes: resize each to the model input first (same antialiased resize as preprocess).
-        return torch.cat([resize_uint8(t, size) for t in tensors])
+        return torch.cat([resize_uint8(t, self.input_size) for t in tensors])
 
     def predict_files(self, paths: Iterable[str | Path], top_k: Optional[int] = None) -> list[dict[str, float]]:
         return self.predict([open_image_file(p) for p in paths], top_k=top_k)
 
 
-def load_predictor(ref: Optional[str] = None, backend: str = "onnx", **options) -> Predictor:
-    """:meth:`Predictor.load`, falling back to the torch backend if the ONNX export or session fails.
+def resolve_backend(loaded: LoadedModel, backend: str, task: str = "patches", device: str = "cpu",
+                    input_size: Optional[int] = None) -> str:
+    """The engine ``backend`` means for this model folder and task (see :mod:`landcover.defaults`)."""
+    check_backend(backend)
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; expected one of {TASKS}.")
+    if backend != "auto":
+        return backend
+    if torch.device(device).type != "cpu":
+        return "torch"
+    from .onnx_backend import shipped_status
 
-    The fast path must not take a tool down: an architecture the exporter cannot handle still serves,
-    with a warning on stderr. Errors about the model itself (missing, unreadable) are raised as usual.
+    dc = data_config(loaded.model)
+    size = input_size or int(dc["input_size"][-1])
+    if task == "scenes":
+        entry, _ = shipped_status(loaded.folder, "int8", size, dc["mean"], dc["std"])
+        cost = ((entry or {}).get("test") or {}).get("cost_points")
+        if cost is not None and cost <= INT8_MAX_ACCURACY_COST:
+            return "int8"
+    entry, _ = shipped_status(loaded.folder, "float", size, dc["mean"], dc["std"])
+    return "onnx" if entry is not None else "torch"
+
+
+def load_predictor(ref: Optional[str] = None, backend: str = DEFAULT_BACKEND, *, task: str = "patches",
+                   tta: TTA = None, device: str = "cpu", threads: Optional[int] = None,
+                   channels_last: Optional[bool] = None) -> Predictor:
+    """Load ``ref`` (None = embedded default, a folder, or a Hub id ``org/name[@rev]``) for inference.
+
+    The one loader of every entry point. An ONNX graph that cannot be exported or loaded falls back to
+    the torch backend with a warning on stderr: the fast path must not take a tool down. Errors about
+    the model itself (missing, unreadable) and about the arguments are raised as ValueError /
+    FileNotFoundError.
+
+    Args:
+        ref: Model reference (see :func:`landcover.hub.resolve_model_dir`).
+        backend: ``auto`` (default), ``torch``, ``onnx`` or ``int8`` (see :mod:`landcover.defaults`).
+        task: ``patches`` or ``scenes``: what ``auto`` optimises for (scenes may use the int8 graph).
+        tta: Test-time augmentation (None: the model's config.json; False: one pass; True or a mode name).
+        device: ``cpu``, ``cuda``, ``cuda:1``, ``mps`` (torch backend; ONNX runs on the CPU).
+        threads: ONNX Runtime intra-op threads (default: the cores this process may use). The torch
+            backend uses torch's process-wide setting.
+        channels_last: torch backend memory format (default: on CUDA only).
     """
+    loaded = load_model(ref)
+    chosen = resolve_backend(loaded, backend, task, device)
+    dc = data_config(loaded.model)
+    size = int(dc["input_size"][-1])
+    if chosen == "torch":
+        return Predictor(loaded, TorchEngine(loaded.model, size, dc["mean"], dc["std"], device, channels_last), tta)
+    if torch.device(device).type != "cpu":
+        raise ValueError(f"The {chosen} backend runs on the CPU; got device {device!r}. Use --backend torch.")
+    from .onnx_backend import load_onnx
+
     try:
-        return Predictor.load(ref, backend=backend, **options)
-    except (FileNotFoundError, ValueError):
+        session = load_onnx(loaded.model, loaded.folder, size, dc["mean"], dc["std"], threads=threads,
+                            packaged=_is_packaged(loaded.folder), precision="int8" if chosen == "int8" else "float")
+    except ValueError:
         raise
     except Exception as err:
-        if backend == "torch":
-            raise
-        print(f"warning: {backend} backend unavailable ({type(err).__name__}: {err}); using torch", file=sys.stderr)
-        return Predictor.load(ref, backend="torch", **options)
+        print(f"warning: {chosen} backend unavailable ({type(err).__name__}: {err}); using torch", file=sys.stderr)
+        return Predictor(loaded, TorchEngine(loaded.model, size, dc["mean"], dc["std"], device, channels_last), tta)
+    return Predictor(loaded, OnnxEngine(session, size), tta)
 
 
 def _is_packaged(folder: Path) -> bool:

@@ -1,4 +1,5 @@
-"""ONNX Runtime backend: same probabilities as torch (1e-4), cached export, cache placement, CLI flag."""
+"""ONNX Runtime backend: same probabilities as torch (1e-4), cached export, cache placement, CLI flag, the graphs a
+model folder ships (float without its weights, int8 with its measured cost), their checksums and the auto backend."""
 
 import json
 import os
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 from landcover.labels import EUROSAT_CLASSES
-from landcover.onnx_backend import CACHE_SUBDIR, cache_path, user_cache_dir
+from landcover.onnx_backend import CACHE_SUBDIR, SHIPPED_DIR, cache_path, read_manifest, user_cache_dir
 from landcover.predict import Predictor, load_predictor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,10 +108,83 @@ def test_cli_predict_backend_onnx_matches_torch(model_copy, tmp_path):
 def test_load_predictor_falls_back_to_torch_when_the_export_cannot_be_written(model_copy, capsys):
     shutil.rmtree(model_copy / CACHE_SUBDIR, ignore_errors=True)  # exported by earlier tests of the session
     (model_copy / CACHE_SUBDIR).write_text("a file where the cache folder should be")  # export fails: OSError
-    predictor = load_predictor(str(model_copy))
+    predictor = load_predictor(str(model_copy), backend="onnx")
     assert predictor.backend == "torch" and predictor.onnx is None
     assert "onnx backend unavailable" in capsys.readouterr().err
     batch = _batch(2, 32)
     assert torch.allclose(predictor.predict_tensor(batch), Predictor.load(str(model_copy)).predict_tensor(batch))
     with pytest.raises(FileNotFoundError):  # a missing model is an error, not a reason to switch backends
         load_predictor(str(model_copy / "missing"))
+
+
+@pytest.fixture(scope="module")
+def shipped(tiny_model_dir, eurosat_folder, tmp_path_factory) -> Path:
+    """A copy of the tiny model folder with onnx/ written by `python -m landcover export-onnx FOLDER --data DIR`."""
+    folder = Path(shutil.copytree(tiny_model_dir, tmp_path_factory.mktemp("shipped") / "tiny"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "landcover", "export-onnx", str(folder), "--data", str(eurosat_folder),
+                           "--calibration", "40"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "int8 graph" in proc.stdout and "cost" in proc.stdout
+    return folder
+
+
+def test_export_onnx_ships_a_weightless_float_graph_and_an_int8_graph_with_checksums(shipped):
+    manifest = read_manifest(shipped)
+    graphs = manifest["graphs"]
+    assert set(graphs) == {"float", "int8"} and manifest["preprocessing"]["input_size"] == 32
+    weights = (shipped / "model.safetensors").stat().st_size
+    assert (shipped / SHIPPED_DIR / graphs["float"]["file"]).stat().st_size < weights / 4  # weights not repeated
+    test = graphs["int8"]["test"]
+    cost = 100 * (test["float_accuracy"] - test["int8_accuracy"])
+    assert test["n"] > 0 and test["cost_points"] == pytest.approx(cost, abs=1e-3)
+    assert graphs["int8"]["calibration"]["patches"] == 40
+
+
+def test_auto_uses_the_shipped_graphs_with_torch_probabilities_and_no_export(shipped):
+    torch_p = Predictor.load(str(shipped), backend="torch")
+    auto = load_predictor(str(shipped))
+    assert auto.backend == "onnx" and auto.onnx.source == "shipped"
+    assert not (shipped / CACHE_SUBDIR).exists()  # nothing exported
+    for n, size in ((1, 32), (6, 64), (3, 20)):  # the graph resizes any input size itself
+        batch = _batch(n, size, seed=n)
+        assert torch.allclose(auto.predict_tensor(batch), torch_p.predict_tensor(batch), atol=1e-4, rtol=0)
+        assert torch.allclose(auto.predict_tensor(batch, tta="d4"), torch_p.predict_tensor(batch, tta="d4"),
+                              atol=1e-4, rtol=0)
+    scenes = load_predictor(str(shipped), task="scenes")
+    cost = read_manifest(shipped)["graphs"]["int8"]["test"]["cost_points"]
+    assert scenes.backend == ("int8" if cost <= 0.3 else "onnx")
+    int8 = load_predictor(str(shipped), backend="int8")
+    batch = _batch(16, 64, seed=3)
+    probs = int8.predict_tensor(batch)
+    assert torch.allclose(probs.sum(1), torch.ones(16), atol=1e-5)
+    assert (probs - torch_p.predict_tensor(batch)).abs().mean() < 0.05
+
+
+def test_changed_weights_invalidate_the_shipped_graphs(shipped, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(shutil.copytree(shipped, tmp_path / "changed"))
+    state = load_file(str(folder / "model.safetensors"))
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name] + 0.5
+    save_file(state, str(folder / "model.safetensors"))
+    assert load_predictor(str(folder)).backend == "torch"  # auto: no valid shipped graph, no export
+    assert load_predictor(str(folder), task="scenes").backend == "torch"
+    with pytest.raises(ValueError, match="checksum differs.*export-onnx"):
+        load_predictor(str(folder), backend="int8")
+    onnx_p = load_predictor(str(folder), backend="onnx")  # exports the changed weights instead
+    assert onnx_p.onnx.source == "cache"
+    batch = _batch(4, 32)
+    want = Predictor.load(str(folder), backend="torch").predict_tensor(batch)
+    assert torch.allclose(onnx_p.predict_tensor(batch), want, atol=1e-4, rtol=0)
+
+
+def test_predictor_leaves_torch_threads_alone_and_auto_without_onnx_files_is_torch(model_copy):
+    before = torch.get_num_threads()
+    predictor = load_predictor(str(model_copy), threads=1)
+    assert torch.get_num_threads() == before and predictor.backend == "torch"
+    assert not (model_copy / CACHE_SUBDIR).exists()
+    onnx_p = load_predictor(str(model_copy), backend="onnx", threads=1)
+    assert onnx_p.onnx.threads == 1 and torch.get_num_threads() == before
+    assert onnx_p.resolve_tta("none") is None and onnx_p.resolve_tta("D4") == "d4"

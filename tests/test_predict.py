@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from landcover.predict import MicroBatcher, Predictor
+from landcover.batching import MicroBatcher
+from landcover.predict import Predictor
 
 
 def _images(n: int, size: int = 32, seed: int = 0) -> list[Image.Image]:
@@ -95,6 +96,8 @@ def test_unknown_backend_is_a_value_error(tiny_model_dir):
         Predictor.load(str(tiny_model_dir), backend="tensorrt")
     with pytest.raises(ValueError, match="onnx backend runs on the CPU"):
         Predictor.load(str(tiny_model_dir), backend="onnx", device="cuda")
+    with pytest.raises(ValueError, match="Unknown task"):
+        Predictor.load(str(tiny_model_dir), task="video")
 
 
 def _run_in_threads(fn, n: int) -> list:
@@ -123,31 +126,30 @@ def test_batcher_merges_concurrent_predict_calls_into_one_forward_pass(tiny_mode
     images = _images(n, seed=3)
     expected = [predictor.predict([im])[0] for im in images]
     # The leader waits (up to a minute) until all n images are queued: one pass, deterministically.
-    batched = Predictor.load(str(tiny_model_dir), batching=True, max_batch=n, max_wait_ms=60_000)
-    results = _run_in_threads(lambda i: batched.predict([images[i]])[0], n)
-    assert batched.batcher.passes == 1 and batched.batcher.requests == n
+    batcher = MicroBatcher(predictor.predict_tensor, max_batch=n, max_wait_s=60.0)
+    results = _run_in_threads(lambda i: batcher.submit(_as_tensor([images[i]]))[0], n)
+    assert batcher.passes == 1 and batcher.requests == n
     for got, want in zip(results, expected):
-        assert list(got) == list(want)
-        assert list(got.values()) == pytest.approx(list(want.values()), abs=1e-5)
+        assert [want[name] for name in predictor.labels] == pytest.approx(got.tolist(), abs=1e-5)
 
 
 def test_batcher_without_waiting_serves_every_request_correctly(tiny_model_dir, predictor):
     images = _images(8, seed=4)
     expected = predictor.predict_tensor(_as_tensor(images))
-    batched = Predictor.load(str(tiny_model_dir), batching=True, max_batch=3, max_wait_ms=0)
+    batcher = MicroBatcher(predictor.predict_tensor, max_batch=3, max_wait_s=0.0)
 
     def calls(i):  # each thread asks three times, with one or two images
         out = []
         for j in range(3):
             picks = [(i + j) % 8, (i * 3 + j) % 8][: 1 + (i + j) % 2]
-            out.append((picks, batched.predict([images[p] for p in picks])))
+            out.append((picks, batcher.submit(_as_tensor([images[p] for p in picks]))))
         return out
 
     for per_thread in _run_in_threads(calls, 4):
         for picks, results in per_thread:
             for p, result in zip(picks, results):
-                assert [result[name] for name in batched.labels] == pytest.approx(expected[p].tolist(), abs=1e-5)
-    assert batched.batcher.requests == 12 and 1 <= batched.batcher.passes <= 12
+                assert result.tolist() == pytest.approx(expected[p].tolist(), abs=1e-5)
+    assert batcher.requests == 12 and 1 <= batcher.passes <= 12
 
 
 def test_micro_batcher_splits_rows_back_to_each_caller():
