@@ -78,7 +78,10 @@ def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, f
     p = correct / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 or n correct the bound is exactly 0 or 1 (the formula gives it only up to rounding).
+    low = 0.0 if correct == 0 else max(0.0, centre - half)
+    high = 1.0 if correct == n else min(1.0, centre + half)
+    return low, high
 
 
 def calibration_summary(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> dict:
