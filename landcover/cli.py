@@ -279,18 +279,11 @@ def _map_command(args) -> int:
                            args.tta)
         render.render_map_with_legend(result).save(args.out)
         written = {"map": args.out}
-        if args.overlay:
-            render.render_overlay(result, scene).save(args.overlay)
-            written["overlay"] = args.overlay
-        if args.confidence:
-            render.render_confidence(result).save(args.confidence)
-            written["confidence"] = args.confidence
-        if args.geotiff:
-            export.write_class_geotiff(result, args.geotiff)
-            written["geotiff"] = args.geotiff
-        if args.geojson:
-            export.write_geojson(export.class_geojson(result), args.geojson)
-            written["geojson"] = args.geojson
+        _write_optional(args, written, {
+            "overlay": lambda path: render.render_overlay(result, scene).save(path),
+            "confidence": lambda path: render.render_confidence(result).save(path),
+            "geotiff": lambda path: export.write_class_geotiff(result, path),
+            "geojson": lambda path: export.write_geojson(export.class_geojson(result), path)})
     if args.json:
         print(json.dumps({**result.to_json(), "outputs": written}))
         return 0
@@ -303,6 +296,15 @@ def _map_command(args) -> int:
         print(f"  masked: {reason:14s} {row['cells']:6d} cells {row['km2']:10.4f} km²")
     print("wrote " + ", ".join(f"{k} {v}" for k, v in written.items()))
     return 0
+
+
+def _write_optional(args, written: dict, writers: dict) -> None:
+    """Run ``writers[flag](path)`` for each output flag the user gave, recording it in ``written``."""
+    for flag, write in writers.items():
+        path = getattr(args, flag)
+        if path:
+            write(path)
+            written[flag] = path
 
 
 def _change_command(args) -> int:
@@ -321,12 +323,9 @@ def _change_command(args) -> int:
                                False if args.no_progress else None, args.tta)
         render_change(result, after).save(args.out)
     written = {"change": args.out}
-    if args.geotiff:
-        export.write_change_geotiff(result, args.geotiff)
-        written["geotiff"] = args.geotiff
-    if args.geojson:
-        export.write_geojson(export.change_geojson(result), args.geojson)
-        written["geojson"] = args.geojson
+    _write_optional(args, written, {
+        "geotiff": lambda path: export.write_change_geotiff(result, path),
+        "geojson": lambda path: export.write_geojson(export.change_geojson(result), path)})
     data = result.to_json()
     if args.json:
         print(json.dumps({**data, "outputs": written}))
