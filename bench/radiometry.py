@@ -52,13 +52,17 @@ def load_test_split(model_dir: Path, data: Path, limit: int | None, split: str =
 
 
 def mosaics(patches: np.ndarray, side: int):
-    """Yield ``(n, mosaic (side*64, side*64, 3))``: chunks of ``side*side`` patches, the last one padded."""
+    """Yield ``(n, mosaic (side*64, side*64, 3))``: chunks of ``side*side`` patches, the last one padded.
+
+    The last mosaic is padded with patches from the start of the split (wrapping around), not copies of one
+    patch: a scene-wide statistic such as the quick-look's percentile stretch then sees a realistic mix.
+    """
     p = patches.shape[1]
     for start in range(0, len(patches), side * side):
         chunk = patches[start:start + side * side]
         n = len(chunk)
         if n < side * side:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], side * side - n, axis=0)])
+            chunk = np.concatenate([chunk, np.resize(patches, (side * side - n, *patches.shape[1:]))])
         grid = chunk.reshape(side, side, p, p, 3).transpose(0, 2, 1, 3, 4).reshape(side * p, side * p, 3)
         yield n, grid
 

@@ -381,11 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export-onnx", help="(Re)write the ONNX graphs a model folder ships.",
                         description="Write FOLDER/onnx/: the float graph (weights read from model.safetensors) "
-                                    "and, with --data, the int8 graph calibrated on the validation split, with its "
-                                    "accuracy cost measured on the test split; checksums in onnx/onnx.json.")
+                                    "and, with --data, the int8 graph calibrated on training patches, its settings chosen "
+                                    "on the validation split and its accuracy cost measured on the test split; "
+                                    "checksums in onnx/onnx.json.")
     ex.add_argument("folder", help="Local model folder (written by train.py).")
     ex.add_argument("--data", default=None, help="The training data (local folder or Hub id) for the int8 graph.")
-    ex.add_argument("--calibration", type=positive_int, default=512, help="Validation patches to calibrate on.")
+    ex.add_argument("--calibration", type=positive_int, default=512, help="Training patches to calibrate on.")
     ex.set_defaults(func=_export_onnx)
 
     add_scene_commands(sub)

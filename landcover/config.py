@@ -78,6 +78,8 @@ class TrainConfig:
     radiometric: float = _flag(0.5, "Share of training images given a random radiometric change (gamma, haze, "
                                "gain/offset per band, hue; see transforms.RADIOMETRY_RANGES), for robustness to "
                                "other stretches, L2A products and hazy scenes (0 disables it).")
+    jpeg: float = _flag(0.25, "Share of training images re-encoded as JPEG at a random quality (60-95) before "
+                        "cropping, for robustness to JPEG quick-looks and screenshots (0 disables it).")
     ema_decay: float = _flag(0.0, "Also keep an exponential moving average of the weights (timm ModelEmaV3) with "
                              "this decay, e.g. 0.998; each epoch the better of EMA and raw weights on validation "
                              "competes for best epoch (0 disables it).")

@@ -26,7 +26,7 @@ from .config import TTA_MODES, TrainConfig
 from .data import EuroSAT, Patches, TensorPatches, collate_batch, load_eurosat
 from .metrics import confusion_matrix, report
 from .model import create_model, data_config, set_backbone_frozen, train_mode
-from .transforms import augment, make_generator, preprocess, retain_freed_host_memory, tta_views
+from .transforms import augment, jpeg_recompress, make_generator, preprocess, retain_freed_host_memory, tta_views
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def latest_checkpoint(output_dir: str | Path) -> Optional[Path]:
 
 _RESUME_MUST_MATCH = ("dataset", "model", "image_size", "batch_size", "grad_accum", "seed", "epochs",
                       "val_fraction", "test_fraction", "max_train_samples", "freeze_epochs", "lr", "ema_decay",
-                      "radiometric")
+                      "radiometric", "jpeg")
 
 
 def read_trainer_state(checkpoint: Path, cfg: TrainConfig) -> dict:
@@ -244,6 +244,8 @@ def train_one_epoch(accelerator, model, loader, optimizer, scheduler, criterion,
                disable=not accelerator.is_local_main_process)
     for batch_index, (images, labels) in enumerate(loader):
         with accelerator.accumulate(model):
+            if cfg.jpeg > 0:
+                images = jpeg_recompress(images, cfg.jpeg, gen)
             x = augment(images, prep["size"], prep["mean"], prep["std"], gen, cfg.crop_scale, cfg.jitter,
                         memory_format, radiometric=cfg.radiometric)
             logits = model(x)

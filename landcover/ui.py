@@ -349,12 +349,26 @@ def build_app(predictor: "Predictor", demo: Optional["gr.Blocks"] = None, *,
     return wrap_asgi(api, predictor, max_file_size)
 
 
+# Idle keep-alive connections are kept this long. uvicorn's default (5 s) equals httpx's and requests' pool expiry,
+# so a client could reuse a connection the server was closing that instant and get a ReadError (the soak saw 2);
+# the server's timeout must exceed every client's and proxy's (60 s is a common proxy idle timeout).
+KEEP_ALIVE_S = 75
+
+
+def server_config(app, host: str = "127.0.0.1", port: int = 7860, log_level: str = "info"):
+    """The ``uvicorn.Config`` the app is served with (:func:`serve`, and the tests' live server)."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_keep_alive=KEEP_ALIVE_S,
+                          timeout_graceful_shutdown=5)
+
+
 def serve(app, host: str = "127.0.0.1", port: int = 7860) -> None:
     """Run the app with uvicorn (blocking)."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.Server(server_config(app, host, port)).run()
 
 
-__all__ = ["build_demo", "build_app", "serve", "find_examples", "model_markdown", "INFERENCE_ID",
+__all__ = ["build_demo", "build_app", "serve", "server_config", "KEEP_ALIVE_S", "find_examples", "model_markdown", "INFERENCE_ID",
            "HEAVY_CONCURRENCY", "MAX_BATCH", "TOP_K"]

@@ -17,12 +17,14 @@ def running_app(app) -> Iterator[str]:
     """Serve an ASGI app on ``127.0.0.1:<free port>``; yields its base URL (no trailing slash)."""
     import uvicorn
 
+    from landcover.ui import server_config
+
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    server = uvicorn.Server(server_config(app, log_level="warning"))  # the production settings
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

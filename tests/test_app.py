@@ -54,6 +54,29 @@ def test_health_json_at_root_for_api_clients_and_ui_for_browsers(app_url, predic
     assert "gradio" in page.text.lower()
 
 
+def test_an_idle_keep_alive_connection_outlives_the_client_pool_expiry(app_url):
+    """A pooled connection idle for longer than uvicorn's default keep-alive (5 s, the same as httpx's pool
+    expiry) is still open: the server never closes a connection a client may be reusing at that instant."""
+    import http.client
+    import time
+
+    from landcover.ui import KEEP_ALIVE_S
+
+    assert KEEP_ALIVE_S > httpx.Limits().keepalive_expiry
+    host, port = app_url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", "/health", headers={"Accept": "application/json"})
+    first = conn.getresponse()
+    first.read()
+    local = conn.sock.getsockname()
+    time.sleep(6)  # the idle time under test (not synchronisation): one second past uvicorn's default
+    conn.request("GET", "/health", headers={"Accept": "application/json"})  # RemoteDisconnected if closed
+    second = conn.getresponse()
+    assert (first.status, second.status) == (200, 200) and second.read()
+    assert conn.sock.getsockname() == local  # the same TCP connection, not a reconnect
+    conn.close()
+
+
 def test_classify_rest_contract(app_url, predictor, tmp_path):
     path = _patch_png(tmp_path, 1)
     with path.open("rb") as f:

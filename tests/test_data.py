@@ -13,7 +13,7 @@ from landcover.labels import EUROSAT_CLASSES
 import torch.nn.functional as F
 
 from landcover.transforms import (CROP_GROUPS, ViewParams, augment, colour_normalise, crop_resize_d4, draw_view_params,
-                                  make_generator, preprocess, retain_freed_host_memory)
+                                  jpeg_recompress, make_generator, preprocess, retain_freed_host_memory)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -308,3 +308,34 @@ def test_augment_accepts_any_memory_layout_and_non_square_images():
     wide = torch.randint(0, 256, (6, 3, 12, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(9))
     out = augment(wide, 16, MEAN, STD, make_generator(3))
     assert out.shape == (6, 3, 16, 16) and bool(torch.isfinite(out).all())
+
+
+def _smooth_batch(n: int = 8, size: int = 32) -> torch.Tensor:
+    """uint8 (n, 3, size, size) gradients with a sharp edge: JPEG changes them, but only a little."""
+    ramp = torch.linspace(0, 1, size)
+    base = torch.stack([ramp.view(1, -1).expand(size, size), ramp.view(-1, 1).expand(size, size),
+                        (ramp.view(1, -1) > 0.5).float().expand(size, size)])
+    scale = torch.linspace(60, 250, n).view(-1, 1, 1, 1)
+    return (base.unsqueeze(0) * scale).round().to(torch.uint8)
+
+
+def test_jpeg_recompress_is_a_real_jpeg_round_trip_on_the_chosen_share():
+    import io
+
+    from PIL import Image
+
+    images = _smooth_batch()
+    assert jpeg_recompress(images, 0.0, make_generator(0)) is images  # nothing chosen: no copy, no work
+    out = jpeg_recompress(images, 1.0, make_generator(0), quality=(70, 70))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    for original, got in zip(images, out):
+        buffer = io.BytesIO()
+        Image.fromarray(original.permute(1, 2, 0).numpy()).save(buffer, format="JPEG", quality=70)
+        expected = np.asarray(Image.open(buffer).convert("RGB"))
+        np.testing.assert_array_equal(got.permute(1, 2, 0).numpy(), expected)
+    assert 0 < (out.float() - images.float()).abs().mean() < 10  # changed, and only by compression artefacts
+    # Seeded like the rest of the augmentation; a share of 0.5 changes some images and leaves the others intact.
+    half = jpeg_recompress(images, 0.5, make_generator(3))
+    torch.testing.assert_close(half, jpeg_recompress(images, 0.5, make_generator(3)))
+    changed = (half != images).flatten(1).any(1)
+    assert 0 < int(changed.sum()) < len(images)

@@ -138,8 +138,15 @@ def test_export_onnx_ships_a_weightless_float_graph_and_an_int8_graph_with_check
     test = graphs["int8"]["test"]
     cost = 100 * (test["float_accuracy"] - test["int8_accuracy"])
     assert test["n"] > 0 and test["cost_points"] == pytest.approx(cost, abs=1e-3)
-    validation = json.loads((shipped / "metrics.json").read_text())["split_sizes"]["validation"]
-    assert graphs["int8"]["calibration"]["patches"] == min(40, validation)  # capped at the split's size
+    train = json.loads((shipped / "metrics.json").read_text())["split_sizes"]["train"]
+    calibration = graphs["int8"]["calibration"]
+    assert calibration["patches"] == min(40, train) and calibration["split"] == "train"  # capped at the split's size
+    # Every candidate was scored on validation; the shipped one is the first with the lowest cost.
+    costs = [c["validation_cost_points"] for c in calibration["candidates"]]
+    assert len(costs) == 4 and calibration["chosen_on"] == "validation"
+    chosen = costs.index(min(costs))
+    assert {k: calibration[k] for k in ("method", "ends_float")} == \
+        {k: calibration["candidates"][chosen][k] for k in ("method", "ends_float")}
 
 
 def test_auto_uses_the_shipped_graphs_with_torch_probabilities_and_no_export(shipped):
