@@ -203,7 +203,8 @@ def card_fields(folder: Path, cfg, metrics: dict, label_names: list[str]) -> dic
         "provenance": provenance(cfg),
         "augmentation": (f"D4 flips/rotations, random crops (area >= {cfg.crop_scale}), colour jitter {cfg.jitter}, "
                          f"radiometric changes on {getattr(cfg, 'radiometric', 0.0):.0%} of the images (gamma, haze, "
-                         f"per-band gain/offset, hue/saturation)"),
+                         f"per-band gain/offset, hue/saturation), JPEG re-compression (quality 60-95) of "
+                         f"{getattr(cfg, 'jpeg', 0.0):.0%}"),
         "selection_rows": _selection_rows(metrics),
         "history_rows": _history_rows(metrics),
         "experiments": _experiments(metrics),

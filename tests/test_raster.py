@@ -226,6 +226,62 @@ def test_stac_item_and_band_folder_read_the_same_product(predictor, tmp_path):
         raster.open_scene(tmp_path / "empty")
 
 
+def test_stac_item_over_http_reads_its_cogs_by_range_and_maps_like_the_local_product(predictor, tmp_path,
+                                                                                   monkeypatch):
+    from http_files import serving
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # GDAL's curl honours proxy variables; loopback never needs one
+    monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")  # as for S3/HTTP COGs: no directory listing
+    rgb = scene_rgb(3, 4, seed=29)
+    folder = masked_product(tmp_path / "product", rgb, {(0, 2): 9}, nodata_tile=(2, 0), l2a_offset=True)
+    item = stac_item({"red": "B04.tif", "green": "B03.tif", "blue": "B02.tif"}, offset=-0.1, baseline="05.10")
+    for asset in item["assets"].values():  # hrefs relative to the item, resolved against its URL
+        asset["href"] = asset["href"].rsplit("/", 1)[1]
+    (folder / "item.json").write_text(json.dumps(item))
+    with raster.open_scene(folder) as scene:
+        local = mapping.map_scene(predictor, scene)
+    with serving(folder) as (url, log):
+        with raster.open_scene(url + "item.json") as scene:
+            assert scene.radiometry.scaling.offset == pytest.approx(1000) and scene.scl is not None
+            remote = mapping.map_scene(predictor, scene)
+    np.testing.assert_array_equal(remote.grid, local.grid)
+    np.testing.assert_array_equal(remote.reason, local.reason)
+    assert remote.reason[0, 2] == 4 and remote.reason[2, 0] == 1  # cloud and no data masked from the remote SCL
+    np.testing.assert_allclose(remote.probs, local.probs, atol=1e-6)
+    fetched = {line.split()[1] for line in log if line.startswith("GET")}
+    assert {"/item.json", "/B04.tif", "/B03.tif", "/B02.tif", "/SCL.tif"} <= fetched
+    assert any("bytes=" in line for line in log if "/B04.tif" in line)  # read by range, as from an object store
+
+
+def test_safe_jp2_band_files_map_like_the_geotiff_product(predictor, tmp_path):
+    """A SAFE-style granule folder (R10m/R20m JPEG 2000 bands, as the Copernicus hub ships L2A) reads and maps
+    exactly like the same product stored as GeoTIFFs (lossless JPEG 2000)."""
+    import rasterio
+
+    rgb = scene_rgb(3, 4, seed=32)
+    tif = masked_product(tmp_path / "product", rgb, {(1, 3): 8}, nodata_tile=(0, 0), l2a_offset=True)
+    img = tmp_path / "S2X_MSIL2A_20240101T100000.SAFE" / "GRANULE" / "L2A_T33TXX" / "IMG_DATA"
+    names = {"B04": "R10m/T33TXX_20240101T100000_B04_10m.jp2", "B03": "R10m/T33TXX_20240101T100000_B03_10m.jp2",
+             "B02": "R10m/T33TXX_20240101T100000_B02_10m.jp2", "SCL": "R20m/T33TXX_20240101T100000_SCL_20m.jp2"}
+    for band, name in names.items():
+        (img / name).parent.mkdir(parents=True, exist_ok=True)
+        with rasterio.open(tif / f"{band}.tif") as src:
+            profile = {**src.profile, "driver": "JP2OpenJPEG", "QUALITY": 100, "REVERSIBLE": "YES"}
+            profile.pop("blockxsize", None), profile.pop("blockysize", None), profile.pop("tiled", None)
+            with rasterio.open(img / name, "w", **profile) as dst:
+                dst.write(src.read())
+    with raster.open_scene(tif) as scene:
+        expected = mapping.map_scene(predictor, scene)
+    with raster.open_scene(img.parents[2]) as scene:  # the .SAFE folder itself
+        assert "B04_10m.jp2" in scene.radiometry.band_note and scene.scl is not None
+        assert scene.radiometry.scaling.offset == 1000
+        got = mapping.map_scene(predictor, scene)
+    np.testing.assert_array_equal(got.grid, expected.grid)
+    np.testing.assert_array_equal(got.reason, expected.reason)
+    assert got.reason[1, 3] == 4 and got.reason[0, 0] == 1
+    np.testing.assert_allclose(got.probs, expected.probs, atol=1e-6)
+
+
 def test_change_reads_both_dates_through_the_same_path(tiny_model_dir, predictor, tmp_path):
     classes = make_classes(3, 4, seed=30)
     before, after, swaps = swapped_pair(classes, seed=31)
