@@ -12,12 +12,13 @@ import json
 import shlex
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from .card import write_model_card
+from .card import portable, write_model_card
 from .hub import WEIGHTS, read_json
 from .labels import EUROSAT_CLASSES, EUROSAT_DESCRIPTIONS
 from .model import count_parameters, data_config
@@ -70,11 +71,13 @@ def save_model_folder(result: "TrainResult", command: Optional[str] = None) -> P
     if cfg.save_fp16:
         state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(folder / WEIGHTS))
-    to_json(cfg, folder / "train_config.json")
+    # Records name the data as the user gave it and no prefix of this machine (folders are shared and pushed).
+    to_json(replace(cfg, init_checkpoint=cfg.init_checkpoint and portable(cfg.init_checkpoint)),
+            folder / "train_config.json")
     metrics = _run_metrics(result, folder, command)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (folder / "splits.json").write_text(json.dumps(
-        {"source": result.data.source, "origin": result.data.split_origin, "seed": cfg.seed,
+        {"source": portable(cfg.dataset), "origin": result.data.split_origin, "seed": cfg.seed,
          "files": result.data.split_files()}, indent=1) + "\n")
     label_names = result.data.class_names
     plots.confusion_matrix_png(metrics["test"]["confusion_matrix"], label_names, folder / "confusion_matrix.png")
@@ -94,7 +97,8 @@ def _run_metrics(result: "TrainResult", folder: Path, command: Optional[str]) ->
         training_time_s=round(result.wall_time_s, 1),
         hardware=result.hardware,
         seed=cfg.seed,
-        command=command or _command_line(),
+        command=portable(command or _command_line()),
+        dataset=portable(cfg.dataset),
     )
     metrics["stages"] = _previous_stages(cfg.init_checkpoint) + [
         {"command": metrics["command"], "training_time_s": metrics["training_time_s"], "epochs": cfg.epochs,

@@ -41,7 +41,11 @@ KINDS = ("uint8", "stretched8", "x10000", "x1000", "float", "display16")
 # onto them, since its own stretch cannot be undone from the image alone.
 EUROSAT_P2 = (25.0, 45.0, 67.0)
 EUROSAT_P98 = (235.0, 195.0, 185.0)
-STRETCH_ZEROS = 0.005  # share of pixels at 0 and at 255 per channel that marks a stretched image
+STRETCH_ZEROS = 0.005  # share of pixels at (or within JPEG ringing of) 0 and 255 per channel: a stretched image
+# JPEG compression of a stretched quick-look moves part of its clipped pixels off 0 and 255 by a step or two: on
+# mosaics of real EuroSAT patches (2-98 % stretch, quality 85) down to 0.49 % exact zeros in one channel, but never
+# under 0.8 % within 2 of 0; EuroSAT's own stretch has none there (blue keeps its path radiance).
+STRETCH_LOW, STRETCH_HIGH = 2, 253
 _SCALE = {"x10000": 1e-4, "x1000": 1e-3, "float": 1.0}
 S2_BASELINE_OFFSET = 1000.0  # digital numbers added from processing baseline 04.00 on
 MAX_SAMPLE = 1 << 20  # values looked at per band when inferring (a strided subsample beyond that)
@@ -121,17 +125,21 @@ def scaling_for(kind: str, offset: float = 0.0, source: str = "given") -> Scalin
 
 
 def looks_stretched(values: np.ndarray) -> bool:
-    """True for 8-bit RGB whose every channel has >= ``STRETCH_ZEROS`` of its pixels at exactly 0 and at 255.
+    """True for 8-bit RGB whose every channel has >= ``STRETCH_ZEROS`` of its pixels at <= ``STRETCH_LOW`` and at
+    >= ``STRETCH_HIGH`` (0 and 255, give or take JPEG ringing).
 
     A percentile stretch (quick-looks, "auto contrast") clips ~2 % of each channel to 0 and 255; EuroSAT-stretched
-    Sentinel-2 data essentially never reaches 0 in all three channels (blue keeps its path radiance). Pixels
-    black in all channels (borders, no data without a nodata value) are not counted.
+    Sentinel-2 data essentially never gets near 0 in all three channels (blue keeps its path radiance). Pixels
+    dark in all channels (borders, no data without a nodata value) are not counted.
+
+    Args:
+        values: ``(3, N)`` sampled pixel values.
     """
     if values.ndim != 2 or values.shape[0] != 3 or values.shape[1] == 0:
         return False
-    zero = values == 0
+    zero = values <= STRETCH_LOW
     lone = zero & ~zero.all(axis=0)
-    full = values == 255
+    full = values >= STRETCH_HIGH
     return bool((lone.mean(axis=1) >= STRETCH_ZEROS).all() and (full.mean(axis=1) >= STRETCH_ZEROS).all())
 
 

