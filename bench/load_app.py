@@ -266,7 +266,6 @@ async def bench(url: str, server: Optional[psutil.Process], clients: int, durati
 def raw_ort_throughput(model: Optional[str], backend: Optional[str], batches: tuple[int, ...] = (1, 8, 32), seconds: float = 15.0) -> dict:
     """Images/s of a bare ONNX Runtime session on the app's model with its own TTA (numpy views, no HTTP)."""
     sys.path.insert(0, str(ROOT))
-    import onnxruntime as ort
 
     from landcover.config import TTA_MODES
     from landcover.predict import load_predictor
@@ -274,10 +273,7 @@ def raw_ort_throughput(model: Optional[str], backend: Optional[str], batches: tu
     predictor = load_predictor(model, backend or "onnx")
     if predictor.onnx is None:
         raise RuntimeError(f"the app's model runs on {predictor.backend}, not ONNX Runtime: no raw ORT baseline")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = predictor.onnx.threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the app's session
-    session = ort.InferenceSession(str(predictor.onnx.path), options, providers=["CPUExecutionProvider"])
+    session = predictor.onnx.session  # the same graph and session options as the app's, run bare
     name = session.get_inputs()[0].name
     mode = predictor.tta
     n_views = len(TTA_MODES[mode].symmetries) if mode else 1

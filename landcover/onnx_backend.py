@@ -206,7 +206,26 @@ def fill_weights(graph_path: Path, weights: Path, mapping: dict) -> bytes:
         raise ValueError(f"{weights} lacks {len(missing)} tensors the ONNX graph needs (e.g. {missing[0]!r}).")
     graph.graph.initializer.extend(numpy_helper.from_array(np.ascontiguousarray(state[key], dtype=np.float32),
                                                            name) for name, key in mapping.items())
-    return graph.SerializeToString()
+    return optimized(graph).SerializeToString()
+
+
+def optimized(graph):
+    """``graph`` (an ``onnx.ModelProto`` as the exporter wrote it, unoptimised) with constants folded and batch
+    norms fused into the convolutions by the onnxscript optimizer.
+
+    The unoptimised export wraps every batch norm's parameters in ``CastLike``/``Expand`` nodes, which stops
+    ONNX Runtime from fusing conv + batch norm + ReLU6: on the 2-core machine a batch of 64 patches took 1,125 ms
+    that way and 157 ms optimised (0.7 s at load; logits within 5e-6). Falls back to the graph as it is, with a
+    warning, when onnxscript is missing or fails.
+    """
+    try:
+        import onnxscript
+
+        return onnxscript.optimizer.optimize(graph)
+    except Exception as err:  # noqa: BLE001 - any optimizer failure leaves a correct, slower graph
+        warnings.warn(f"ONNX graph optimisation failed ({type(err).__name__}: {err}); running it unoptimised "
+                      f"(several times slower).")
+        return graph
 
 
 # ---------------------------------------------------------------- shipped graphs

@@ -87,10 +87,14 @@ def quantize_int8(float_graph: Path, out: Path, calibration: np.ndarray, ops=QUA
             self.start += CALIBRATION_BATCH
             return {ob.INPUT_NAME: batch}
 
+    import onnx
+
     with tempfile.TemporaryDirectory(prefix="landcover-quant-") as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        # Shape inference + ONNX Runtime's basic optimisations (batch norms folded into the convolutions).
-        quant_pre_process(str(float_graph), str(pre), skip_symbolic_shape=True)
+        folded, pre = Path(tmp) / "folded.onnx", Path(tmp) / "pre.onnx"
+        # Batch norms fused into the convolutions first (see ob.optimized: the raw export blocks ORT's fusions),
+        # then shape inference and ONNX Runtime's basic optimisations.
+        onnx.save(ob.optimized(onnx.load(str(float_graph))), str(folded))
+        quant_pre_process(str(folded), str(pre), skip_symbolic_shape=True)
         extra = {"CalibPercentile": PERCENTILE} if method == "Percentile" else {}
         quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,

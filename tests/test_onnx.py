@@ -149,6 +149,23 @@ def test_export_onnx_ships_a_weightless_float_graph_and_an_int8_graph_with_check
         {k: calibration["candidates"][chosen][k] for k in ("method", "ends_float")}
 
 
+def test_shipped_graphs_run_with_batch_norms_fused(shipped):
+    """The weight-less float graph is filled and optimised at load, and the int8 graph was quantised from the
+    optimised graph: no BatchNormalization or CastLike node is left for ONNX Runtime to trip over."""
+    import onnx
+
+    from landcover.onnx_backend import fill_weights
+
+    float_graph = read_manifest(shipped)["graphs"]["float"]
+    raw = onnx.load(str(shipped / SHIPPED_DIR / float_graph["file"]))
+    assert "BatchNormalization" in {n.op_type for n in raw.graph.node}  # as exported: weights as in safetensors
+    filled = onnx.load_from_string(fill_weights(shipped / SHIPPED_DIR / float_graph["file"],
+                                                shipped / "model.safetensors", float_graph["weights"]))
+    int8 = onnx.load(str(shipped / SHIPPED_DIR / read_manifest(shipped)["graphs"]["int8"]["file"]))
+    for graph in (filled, int8):
+        assert not {"BatchNormalization", "CastLike"} & {n.op_type for n in graph.graph.node}
+
+
 def test_auto_uses_the_shipped_graphs_with_torch_probabilities_and_no_export(shipped):
     torch_p = Predictor.load(str(shipped), backend="torch")
     auto = load_predictor(str(shipped))
