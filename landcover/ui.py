@@ -15,13 +15,16 @@ Serving settings, each stated once here (measured in ``docs/reliability.md``):
   (``POST /gradio_api/call/predict`` without a session) is a new session; with Gradio's default capacity of
   10,000 sessions that was ~60 KB per request of memory growth. This app keeps no per-session state, so
   :data:`STATE_SESSIONS` bounds it.
-* Uploads live in Gradio's temp folder; ``delete_cache`` removes them :data:`UPLOAD_TTL_S` after upload.
+* Uploads live in Gradio's temp folder; :func:`temp_file_sweeper` removes them :data:`UPLOAD_TTL_S` after upload.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import logging
+import os
 import re
 import tempfile
 import time
@@ -47,6 +50,7 @@ MAX_BATCH = 32  # single-patch requests merged into one forward pass at most (= 
 QUEUE_MAX = 64  # waiting Gradio jobs beyond this are refused ("queue full"); /classify answers 503 likewise
 STATE_SESSIONS = 64  # Gradio sessions whose (unused) state is kept; the default 10,000 grew without bound
 UPLOAD_TTL_S = 300  # uploads older than this are deleted from Gradio's temp folder, checked every minute
+SWEEP_EVERY_S = 60
 TOP_K = 5
 MAX_BATCH_FILES = 64
 EXAMPLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
@@ -319,6 +323,62 @@ def build_demo(predictor: "Predictor", examples_dir: Optional[str | Path] = None
     return demo
 
 
+def sweep_temp_files(blocks, age: Optional[float]) -> int:
+    """Delete the Gradio temp files of ``blocks`` created more than ``age`` seconds ago (all with None).
+
+    Gradio's own ``delete_cache`` sweep (6.31) iterates over the live file sets that uploads add to from the event
+    loop while it runs in a worker thread; under steady load it died on its first ``RuntimeError: Set changed size
+    during iteration`` (the soak's app log), and from then on nothing was deleted: the temp folder grew by ~21
+    files/s. This sweep iterates over copies and keeps what components mark ``keep_in_cache`` (examples).
+
+    Returns:
+        The number of files deleted.
+    """
+    keep = set()
+    for component in list(blocks.blocks.values()):
+        keep.update(getattr(component, "keep_in_cache", set()))
+    now, removed = time.time(), 0
+    for file_set in list(blocks.temp_file_sets):
+        for file in list(file_set):
+            if file in keep:
+                continue
+            try:
+                if age is None or now - os.lstat(file).st_ctime > age:
+                    os.remove(file)
+                    removed += 1
+                    file_set.discard(file)
+            except FileNotFoundError:
+                file_set.discard(file)
+            except OSError as err:  # e.g. a directory or a permission problem: log, keep sweeping the rest
+                logger.warning("could not delete temp file %s: %s", file, err)
+    return removed
+
+
+@contextlib.asynccontextmanager
+async def temp_file_sweeper(blocks, every: float = SWEEP_EVERY_S, age: float = UPLOAD_TTL_S):
+    """Run :func:`sweep_temp_files` every ``every`` seconds while the server runs, and delete all at shutdown."""
+
+    async def loop():
+        while True:
+            await asyncio.sleep(every)
+            try:
+                removed = await asyncio.to_thread(sweep_temp_files, blocks, age)
+            except Exception:  # noqa: BLE001 - a failed sweep must not end the sweeping
+                logger.exception("temp file sweep failed")
+                continue
+            if removed:
+                logger.info("deleted %d temp files older than %.0f s", removed, age)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        sweep_temp_files(blocks, None)
+
+
 def build_app(predictor: "Predictor", demo: Optional["gr.Blocks"] = None, *,
               examples_dir: Optional[str | Path] = None, max_file_size: int = MAX_UPLOAD_BYTES,
               max_pixels: int = MAX_PIXELS):
@@ -343,6 +403,14 @@ def build_app(predictor: "Predictor", demo: Optional["gr.Blocks"] = None, *,
 
     demo = demo or build_demo(predictor, examples_dir, max_pixels=max_pixels, max_file_size=max_file_size)
     api = rest_api(predictor, demo.patch_classifier, max_waiting=MAX_BATCH + QUEUE_MAX, concurrency=MAX_BATCH)
+    rest_lifespan = api.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):  # mount_gradio_app wraps this one, so it runs around Gradio's own lifespan
+        async with rest_lifespan(app) as state, temp_file_sweeper(demo):
+            yield state
+
+    api.router.lifespan_context = lifespan
     api = gr.mount_gradio_app(api, demo, path="/", max_file_size=max_file_size, ssr_mode=False,
                               footer_links=["api", "gradio"], show_error=True)
     api.state.demo = demo

@@ -318,3 +318,48 @@ def test_readme_space_front_matter():
     assert data.app_file == "app.py" and (ROOT / data.app_file).is_file()
     assert data.license and data.short_description and len(data.short_description) <= 60
     assert data.models and data.datasets
+
+
+def test_temp_file_sweep_survives_uploads_arriving_while_it_runs_and_keeps_examples(tmp_path, monkeypatch):
+    """The sweep deletes old temp files, forgets missing ones and keeps example files; an upload arriving while it
+    deletes (another thread adding to the set) breaks Gradio 6.31's sweep, which iterates over the live set, and
+    not this one."""
+    import os
+    from types import SimpleNamespace
+
+    from gradio.route_utils import delete_files_created_by_app
+
+    from landcover.ui import sweep_temp_files
+
+    def make_blocks():
+        files = [tmp_path / f"upload{i}.png" for i in range(4)]
+        for f in files:
+            f.write_bytes(b"x")
+        example = tmp_path / "example.jpg"
+        example.write_bytes(b"x")
+        uploads = {str(f) for f in files[:3]}
+        blocks = SimpleNamespace(blocks={1: SimpleNamespace(keep_in_cache={str(example)})},
+                                 temp_file_sets=[uploads, {str(files[3]), str(example)}])
+        return blocks, files, example, uploads
+
+    real_remove, arrived = os.remove, []
+
+    def remove_while_uploading(path):  # each deletion races with one new upload into the upload set
+        real_remove(path)
+        late = tmp_path / f"late{len(arrived)}.png"
+        late.write_bytes(b"x")
+        arrived.append(late)
+        uploads.add(str(late))
+
+    blocks, files, example, uploads = make_blocks()
+    monkeypatch.setattr(os, "remove", remove_while_uploading)
+    with pytest.raises(RuntimeError, match="changed size during iteration"):  # what stopped Gradio's sweep
+        delete_files_created_by_app(blocks, age=None)
+
+    blocks, files, example, uploads = make_blocks()
+    arrived.clear()
+    assert sweep_temp_files(blocks, age=3600) == 0  # nothing is old enough
+    assert sweep_temp_files(blocks, age=-1) == 4  # no RuntimeError although 4 uploads arrived meanwhile
+    assert not any(f.exists() for f in files) and example.exists()
+    assert uploads == {str(f) for f in arrived} and all(f.exists() for f in arrived)  # left for the next sweep
+    assert blocks.temp_file_sets[1] == {str(example)}
