@@ -184,13 +184,18 @@ def write_float_graph(full_graph: Path, weights: Path, out: Path) -> dict:
             kept.append(init)
     del graph.graph.initializer[:]
     graph.graph.initializer.extend(kept)
-    for node in graph.graph.node:  # the exporter's per-node stack traces are most of the file otherwise
-        del node.metadata_props[:]
-        node.doc_string = ""
+    strip_debug_info(graph)
     del graph.graph.value_info[:]
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(graph, str(out))
     return mapping
+
+
+def strip_debug_info(graph) -> None:
+    """Remove the exporter's per-node stack traces (most of a graph's size, and they name this machine's paths)."""
+    for node in graph.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
 
 
 def fill_weights(graph_path: Path, weights: Path, mapping: dict) -> bytes:

@@ -100,6 +100,9 @@ def quantize_int8(float_graph: Path, out: Path, calibration: np.ndarray, ops=QUA
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=getattr(CalibrationMethod, method), op_types_to_quantize=list(ops),
                         nodes_to_exclude=_end_nodes(pre) if ends_float else [], extra_options=extra)
+    quantized = onnx.load(str(out))
+    ob.strip_debug_info(quantized)  # shipped in model folders: no stack traces naming the exporting machine
+    onnx.save(quantized, str(out))
     return out
 
 
