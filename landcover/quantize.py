@@ -60,21 +60,35 @@ def _end_nodes(graph: Path) -> list[str]:
     return convs[:1] + heads[-1:]
 
 
-def quantize_int8(float_graph: Path, out: Path, calibration: np.ndarray, ops=QUANTIZED_OPS,
+def prepare_for_quantization(float_graph: Path, out: Path) -> Path:
+    """``float_graph`` with batch norms fused into the convolutions (see ``ob.optimized``: the raw export blocks
+    ORT's fusions), then shape inference and ONNX Runtime's basic optimisations, written to ``out``. Done once
+    for all candidates of :func:`quantize_int8`."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    folded = out.with_name(out.stem + ".folded.onnx")
+    onnx.save(ob.optimized(onnx.load(str(float_graph))), str(folded))
+    quant_pre_process(str(folded), str(out), skip_symbolic_shape=True)
+    folded.unlink()
+    return out
+
+
+def quantize_int8(prepared_graph: Path, out: Path, calibration: np.ndarray, ops=QUANTIZED_OPS,
                   method: str = "MinMax", ends_float: bool = False) -> Path:
-    """Static QDQ int8 quantisation of ``float_graph`` (uint8 pixel input) calibrated on ``calibration``.
+    """Static QDQ int8 quantisation of a :func:`prepare_for_quantization` graph (uint8 pixel input).
 
     Args:
-        float_graph: The float ONNX graph (with its weights).
+        prepared_graph: The float graph, prepared (with its weights).
         out: Where the int8 graph is written.
         calibration: uint8 ``(N, 3, H, W)`` patches whose activations set the quantisation ranges.
         ops: Op types quantised.
         method: ``MinMax`` or ``Percentile`` (ONNX Runtime's ``CalibrationMethod``).
         ends_float: Keep the first convolution and the classifier in float.
     """
+    import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -87,19 +101,11 @@ def quantize_int8(float_graph: Path, out: Path, calibration: np.ndarray, ops=QUA
             self.start += CALIBRATION_BATCH
             return {ob.INPUT_NAME: batch}
 
-    import onnx
-
-    with tempfile.TemporaryDirectory(prefix="landcover-quant-") as tmp:
-        folded, pre = Path(tmp) / "folded.onnx", Path(tmp) / "pre.onnx"
-        # Batch norms fused into the convolutions first (see ob.optimized: the raw export blocks ORT's fusions),
-        # then shape inference and ONNX Runtime's basic optimisations.
-        onnx.save(ob.optimized(onnx.load(str(float_graph))), str(folded))
-        quant_pre_process(str(folded), str(pre), skip_symbolic_shape=True)
-        extra = {"CalibPercentile": PERCENTILE} if method == "Percentile" else {}
-        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=getattr(CalibrationMethod, method), op_types_to_quantize=list(ops),
-                        nodes_to_exclude=_end_nodes(pre) if ends_float else [], extra_options=extra)
+    extra = {"CalibPercentile": PERCENTILE} if method == "Percentile" else {}
+    quantize_static(str(prepared_graph), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=getattr(CalibrationMethod, method), op_types_to_quantize=list(ops),
+                    nodes_to_exclude=_end_nodes(prepared_graph) if ends_float else [], extra_options=extra)
     quantized = onnx.load(str(out))
     ob.strip_debug_info(quantized)  # shipped in model folders: no stack traces naming the exporting machine
     onnx.save(quantized, str(out))
@@ -167,11 +173,13 @@ def _int8(loaded, full: Path, out: Path, data: str, calibration: int, threads: O
     sample = calibration_sample(load_split(source, data, "train").images, calibration)
     val = load_split(source, data, "validation")
     val_labels = np.asarray(val.labels)
-    f_val, f_val_pred = accuracy(ob.OnnxModel(full, threads), val.images, val_labels)
+    float_session = ob.OnnxModel(full, threads)  # one session scores validation and test
+    f_val, f_val_pred = accuracy(float_session, val.images, val_labels)
     tried, best = [], None
     with tempfile.TemporaryDirectory(prefix="landcover-int8-") as tmp:
+        prepared = prepare_for_quantization(full, Path(tmp) / "prepared.onnx")
         for i, cand in enumerate(INT8_CANDIDATES):
-            graph = quantize_int8(full, Path(tmp) / f"candidate{i}.onnx", sample, **cand)
+            graph = quantize_int8(prepared, Path(tmp) / f"candidate{i}.onnx", sample, **cand)
             q_val, q_pred = accuracy(ob.OnnxModel(graph, threads, "int8"), val.images, val_labels)
             cost = round(100.0 * (f_val - q_val), 3)
             tried.append({**cand, "validation_cost_points": cost,
@@ -186,7 +194,7 @@ def _int8(loaded, full: Path, out: Path, data: str, calibration: int, threads: O
         f"patches; calibrated on {len(sample)} training patches; {time.perf_counter() - t:.1f} s)")
     test = load_split(source, data, "test")
     labels = np.asarray(test.labels)
-    f_acc, f_pred = accuracy(ob.OnnxModel(full, threads), test.images, labels)
+    f_acc, f_pred = accuracy(float_session, test.images, labels)
     q_acc, q_pred = accuracy(ob.OnnxModel(out, threads, "int8"), test.images, labels)
     cost = round(100.0 * (f_acc - q_acc), 3)
     verdict = "within" if cost <= INT8_MAX_ACCURACY_COST else "over"
