@@ -411,6 +411,7 @@ def build_app(predictor: "Predictor", demo: Optional["gr.Blocks"] = None, *,
             yield state
 
     api.router.lifespan_context = lifespan
+    demo.delete_cache = None  # the sweeper replaces Gradio's sweep here (kept for a bare demo.launch())
     api = gr.mount_gradio_app(api, demo, path="/", max_file_size=max_file_size, ssr_mode=False,
                               footer_links=["api", "gradio"], show_error=True)
     api.state.demo = demo
