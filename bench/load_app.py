@@ -6,9 +6,10 @@
 Half of the requests are ``POST /classify`` (multipart ``file``), half go through the Gradio API of
 ``api_name="predict"`` exactly as a client library does: ``POST /gradio_api/upload``, then
 ``POST /gradio_api/call/predict`` and the event stream ``GET /gradio_api/call/predict/<id>``; a
-Gradio request's latency covers all three. Loopback only. Each client stops starting requests at
-the deadline and every request has a timeout, so the run always ends. Reports requests/s, p50/p95/p99
-latency per endpoint, the error count (exit code 1 if any) and the server's RSS before/after.
+Gradio request's latency covers all three, and each is reported on its own. Loopback only. Each client
+stops starting requests at the deadline and every request has a timeout, so the run always ends. Reports
+requests/s, p50/p95/p99 latency per endpoint, the error count (exit code 1 if any), the server's RSS
+before/after, and the cores the server and the load generator kept busy (they share the machine).
 
 Soak mode (``--soak``, e.g. ``--duration 660 --warmup 60``): the server's RSS, open file descriptors,
 thread count and Gradio temp-folder size (the launched app gets its own ``GRADIO_TEMP_DIR``) are sampled
@@ -45,11 +46,14 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 GRADIO = "/gradio_api"
+GRADIO_STAGES = ("upload", "call", "stream")
 
 
 @dataclass
 class Stats:
     latencies: dict[str, list[float]] = field(default_factory=lambda: {"classify": [], "gradio": []})
+    # The three requests of one Gradio call, each timed: where its latency goes.
+    stages: dict[str, list[float]] = field(default_factory=lambda: {stage: [] for stage in GRADIO_STAGES})
     errors: list[str] = field(default_factory=list)
 
 
@@ -108,15 +112,19 @@ async def call_classify(client: httpx.AsyncClient, url: str, image: bytes, name:
         raise RuntimeError(f"/classify answered without a label: {body}")
 
 
-async def call_gradio(client: httpx.AsyncClient, url: str, image: bytes, name: str) -> None:
+async def call_gradio(client: httpx.AsyncClient, url: str, image: bytes, name: str,
+                      stages: Optional[dict[str, list[float]]] = None) -> None:
+    t0 = time.perf_counter()
     up = await client.post(f"{url}{GRADIO}/upload", files=[("files", (name, image, "application/octet-stream"))])
     if up.status_code != 200:
         raise RuntimeError(f"upload HTTP {up.status_code}: {up.text[:200]}")
     payload = {"path": up.json()[0], "orig_name": name, "meta": {"_type": "gradio.FileData"}}
+    t1 = time.perf_counter()
     join = await client.post(f"{url}{GRADIO}/call/predict", json={"data": [payload]})
     if join.status_code != 200:
         raise RuntimeError(f"call/predict HTTP {join.status_code}: {join.text[:200]}")
     event_id = join.json()["event_id"]
+    t2 = time.perf_counter()
     event = None
     async with client.stream("GET", f"{url}{GRADIO}/call/predict/{event_id}") as stream:
         async for line in stream.aiter_lines():
@@ -129,6 +137,9 @@ async def call_gradio(client: httpx.AsyncClient, url: str, image: bytes, name: s
                 label = data[0] if data else None
                 if not (isinstance(label, dict) and label.get("label")):
                     raise RuntimeError(f"Gradio answered without a label: {data}")
+                if stages is not None:
+                    for stage, seconds in zip(GRADIO_STAGES, (t1 - t0, t2 - t1, time.perf_counter() - t2)):
+                        stages[stage].append(seconds)
                 return
     raise RuntimeError(f"the event stream ended without a result (last event {event})")
 
@@ -144,7 +155,10 @@ async def client_loop(i: int, client: httpx.AsyncClient, url: str, images: list[
         name = f"patch-{i}-{k}.{'png' if (i + k) % len(images) % 2 else 'jpg'}"
         start = time.perf_counter()
         try:
-            await (call_gradio if use_gradio else call_classify)(client, url, image, name)
+            if use_gradio:
+                await call_gradio(client, url, image, name, stats.stages)
+            else:
+                await call_classify(client, url, image, name)
             stats.latencies[endpoint].append(time.perf_counter() - start)
         except Exception as err:  # counted and reported; the client keeps going
             stats.errors.append(f"{endpoint}: {type(err).__name__}: {err}"[:300])
@@ -233,11 +247,13 @@ async def bench(url: str, server: Optional[psutil.Process], clients: int, durati
                                    timeout=warmup + request_timeout + 10)
         stats = Stats()
         t1 = time.monotonic()
+        cpu0 = cpu_seconds(server)
         deadline = t1 + duration
         tasks = [client_loop(i, client, url, images, deadline, stats, gradio_share) for i in range(clients)]
         # Hard stop: requests in flight at the deadline get at most request_timeout more.
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=duration + request_timeout + 10)
         elapsed = time.monotonic() - t1
+        cpu1 = cpu_seconds(server)
         stop.set()
         await sampler
         if server is not None:
@@ -259,8 +275,34 @@ async def bench(url: str, server: Optional[psutil.Process], clients: int, durati
         "server": {"start": first and {k: v for k, v in first.items() if k != "rss"},
                    "after_warmup": at_warmup and {k: v for k, v in at_warmup.items() if k != "rss"},
                    "end": last and {k: v for k, v in last.items() if k != "rss"}},
+        "gradio_stages": {stage: percentiles(v) for stage, v in stats.stages.items()},
+        "cpu": cpu_report(cpu0, cpu1, elapsed, done),
         "samples": samples,
     }
+
+
+def cpu_seconds(server: Optional[psutil.Process]) -> dict:
+    """CPU seconds used so far by the server and by this load generator (user + system)."""
+    me = psutil.Process().cpu_times()
+    out = {"client": me.user + me.system}
+    if server is not None:
+        t = server.cpu_times()
+        out["server"] = t.user + t.system
+    return out
+
+
+def cpu_report(before: dict, after: dict, elapsed: float, requests: int) -> dict:
+    """Cores busy in the server and in the load generator over the measured window, and server CPU per request.
+
+    The load generator shares the machine's cores with the app: what it burns bounds what the app can serve."""
+    cores = psutil.cpu_count()
+    out = {"cores": cores}
+    for who in after:
+        busy = (after[who] - before[who]) / elapsed
+        out[f"{who}_cores_busy"] = round(busy, 2)
+        if who == "server" and requests:
+            out["server_cpu_ms_per_request"] = round(1000 * (after[who] - before[who]) / requests, 2)
+    return out
 
 
 def raw_ort_throughput(model: Optional[str], backend: Optional[str], batches: tuple[int, ...] = (1, 8, 32), seconds: float = 15.0) -> dict:
@@ -319,6 +361,15 @@ def print_report(r: dict) -> None:
         if p["n"]:
             print(f"  {name:15s} n {p['n']:6d}  p50 {p['p50_ms']:8.1f} ms  p95 {p['p95_ms']:8.1f} ms  "
                   f"p99 {p['p99_ms']:8.1f} ms  max {p['max_ms']:8.1f} ms")
+    st = r.get("gradio_stages") or {}
+    if st.get("upload", {}).get("n"):
+        print("  Gradio stages   " + "   ".join(f"{k} p50 {v['p50_ms']:.1f} / p95 {v['p95_ms']:.1f} ms"
+                                                for k, v in st.items()))
+    c = r.get("cpu") or {}
+    if "client_cores_busy" in c:
+        print(f"CPU ({c['cores']} cores): load generator {c['client_cores_busy']} cores busy"
+              + (f", server {c['server_cores_busy']} cores busy, {c['server_cpu_ms_per_request']} ms of server CPU "
+                 f"per request" if "server_cores_busy" in c else ""))
     m = r["server_rss_mib"]
     if m["before"] is not None:
         print(f"server RSS start {m['before']} MiB, after warm-up {m['after_warmup']} MiB, end {m['after']} MiB, "

@@ -46,7 +46,8 @@ def test_predict_resizes_patches_of_other_sizes(predictor):
     big, native = _images(1, size=96)[0], _images(1, size=predictor.input_size, seed=1)[0]
     results = predictor.predict([big, native])
     assert len(results) == 2 and all(len(r) == len(predictor.labels) for r in results)
-    assert results[1] == pytest.approx(predictor.predict([native])[0], abs=1e-6)
+    # Same image alone or next to another: float32 kernels may sum in another order per batch (seen: 2.9e-6).
+    assert results[1] == pytest.approx(predictor.predict([native])[0], abs=1e-5)
 
 
 def test_predict_tensor_batches_and_rejects_bad_shapes(predictor):
