@@ -1,7 +1,8 @@
-"""Serve a folder over real HTTP on a free loopback port, with byte ranges (as object stores serve COGs).
+"""Real HTTP servers for tests, on a free loopback port: :func:`running_server` for any handler, and
+:func:`serving`, a folder with byte ranges (as object stores serve COGs).
 
-Python's ``http.server`` ignores ``Range``; GDAL's ``/vsicurl/`` reads a COG by ranges, so this handler answers
-them (206 + ``Content-Range``). The socket is bound before the thread starts: no waiting for start-up.
+Python's ``http.server`` ignores ``Range``; GDAL's ``/vsicurl/`` reads a COG by ranges, so :class:`RangeHandler`
+answers them (206 + ``Content-Range``). The socket is bound before the thread starts: no waiting for start-up.
 """
 
 from __future__ import annotations
@@ -40,15 +41,27 @@ class RangeHandler(SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serving(folder: Path) -> Iterator[tuple[str, list[str]]]:
-    """Yields ``(base URL ending in /, request log)`` of ``folder`` served on ``127.0.0.1``."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(RangeHandler, directory=str(folder)))
-    server.log = []
+def running_server(handler) -> Iterator[ThreadingHTTPServer]:
+    """Yields a ``ThreadingHTTPServer`` of ``handler`` serving on ``127.0.0.1`` (its URL: :func:`base_url`)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", server.log
+        yield server
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def base_url(server: ThreadingHTTPServer) -> str:
+    """``http://127.0.0.1:<port>`` of a :func:`running_server`."""
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@contextlib.contextmanager
+def serving(folder: Path) -> Iterator[tuple[str, list[str]]]:
+    """Yields ``(base URL ending in /, request log)`` of ``folder`` served on ``127.0.0.1``."""
+    with running_server(functools.partial(RangeHandler, directory=str(folder))) as server:
+        server.log = []
+        yield base_url(server) + "/", server.log

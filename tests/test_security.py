@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 from PIL import Image
 
 from datagen import class_patch, write_imagefolder
+from http_files import base_url, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_TOKEN = "hf_fakeTOKEN1234567890abcdef"
@@ -285,12 +285,8 @@ class _RejectingHub(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def rejecting_hub():
     _RejectingHub.seen_auth = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RejectingHub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with running_server(_RejectingHub) as server:
+        yield base_url(server)
 
 
 def test_push_with_bad_token_leaves_folder_intact_and_hides_token(model_copy, rejecting_hub):
