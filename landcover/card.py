@@ -164,6 +164,13 @@ def _experiments(metrics: dict) -> str:
     return "\n".join(f"- {n}" for n in notes) if notes else "- This run only (see the validation record above)."
 
 
+def _distillation_text(cfg) -> str:
+    if not getattr(cfg, "teacher", None):
+        return ""
+    return (f"; consistency distillation from `{portable(cfg.teacher)}` (its predictions on the view without the "
+            f"radiometric and JPEG change; weight {cfg.distill_weight}, temperature {cfg.distill_temperature})")
+
+
 def _stages(metrics: dict) -> list[dict]:
     return metrics.get("stages") or [{"command": metrics["command"], "training_time_s": metrics["training_time_s"]}]
 
@@ -203,8 +210,9 @@ def card_fields(folder: Path, cfg, metrics: dict, label_names: list[str]) -> dic
         "provenance": provenance(cfg),
         "augmentation": (f"D4 flips/rotations, random crops (area >= {cfg.crop_scale}), colour jitter {cfg.jitter}, "
                          f"radiometric changes on {getattr(cfg, 'radiometric', 0.0):.0%} of the images (gamma, haze, "
-                         f"per-band gain/offset, hue/saturation), JPEG re-compression (quality 60-95) of "
-                         f"{getattr(cfg, 'jpeg', 0.0):.0%}"),
+                         f"per-band gain +-{getattr(cfg, 'band_gain', 0.15):.0%} and offset, hue/saturation), "
+                         f"JPEG re-compression (quality 60-95) of "
+                         f"{getattr(cfg, 'jpeg', 0.0):.0%}" + _distillation_text(cfg)),
         "selection_rows": _selection_rows(metrics),
         "history_rows": _history_rows(metrics),
         "experiments": _experiments(metrics),

@@ -78,8 +78,17 @@ class TrainConfig:
     radiometric: float = _flag(0.5, "Share of training images given a random radiometric change (gamma, haze, "
                                "gain/offset per band, hue; see transforms.RADIOMETRY_RANGES), for robustness to "
                                "other stretches, L2A products and hazy scenes (0 disables it).")
+    band_gain: float = _flag(0.15, "With --radiometric: largest per-band gain change, uniform in 1 +- this "
+                             "(on top of the global gain), e.g. 0.25 against colour casts of 0.8-1.2 per band.")
     jpeg: float = _flag(0.25, "Share of training images re-encoded as JPEG at a random quality (60-95) before "
                         "cropping, for robustness to JPEG quick-looks and screenshots (0 disables it).")
+    teacher: Optional[str] = _flag(None, "Consistency distillation: a model folder (or local-dir:/hf-hub: "
+                                   "reference) whose predictions on each training view *without* the "
+                                   "radiometric and JPEG change are soft targets for the student's prediction "
+                                   "on the changed view. Same input size as --image-size.")
+    distill_weight: float = _flag(0.7, "With --teacher: loss = (1 - w) x cross-entropy + w x T^2 x KL(teacher || "
+                                  "student) at temperature T.")
+    distill_temperature: float = _flag(2.0, "With --teacher: the softmax temperature T of both distributions.")
     ema_decay: float = _flag(0.0, "Also keep an exponential moving average of the weights (timm ModelEmaV3) with "
                              "this decay, e.g. 0.998; each epoch the better of EMA and raw weights on validation "
                              "competes for best epoch (0 disables it).")

@@ -14,7 +14,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
@@ -26,7 +26,8 @@ from .config import TTA_MODES, TrainConfig
 from .data import EuroSAT, Patches, TensorPatches, collate_batch, load_eurosat
 from .metrics import confusion_matrix, report
 from .model import create_model, data_config, set_backbone_frozen, train_mode
-from .transforms import augment, jpeg_recompress, make_generator, preprocess, retain_freed_host_memory, tta_views
+from .transforms import (augment, augment_with_clean_view, jpeg_recompress, make_generator, preprocess,
+                         retain_freed_host_memory, tta_views)
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,36 @@ def build_model(cfg: TrainConfig, class_names: list[str]) -> torch.nn.Module:
     return create_model(cfg.model, num_classes=len(class_names), pretrained=cfg.pretrained,
                         drop_rate=cfg.drop_rate, image_size=cfg.image_size, label_names=class_names,
                         init_checkpoint=cfg.init_checkpoint)
+
+
+def load_teacher(cfg: TrainConfig, class_names: list[str], device, memory_format):
+    """The frozen teacher of ``--teacher`` in eval mode on ``device`` (None without one), checked against the run."""
+    if not cfg.teacher:
+        return None
+    if not 0.0 <= cfg.distill_weight <= 1.0 or cfg.distill_temperature <= 0:
+        raise ValueError(f"Expected --distill-weight in [0, 1] and --distill-temperature > 0; got "
+                         f"{cfg.distill_weight} and {cfg.distill_temperature}.")
+    ref = cfg.teacher if ":" in cfg.teacher.split("/")[0] else f"local-dir:{cfg.teacher}"
+    teacher = create_model(ref, num_classes=len(class_names), pretrained=True)
+    names = teacher.pretrained_cfg.get("label_names")
+    size = data_config(teacher)["input_size"][-1]
+    if names is not None and list(names) != list(class_names):
+        raise ValueError(f"The teacher {cfg.teacher} predicts {list(names)}; this run's classes are "
+                         f"{class_names}. Use a teacher trained on the same classes.")
+    if size != cfg.image_size:
+        raise ValueError(f"The teacher {cfg.teacher} takes {size} px inputs; this run trains at {cfg.image_size} "
+                         f"px. Pass --image-size {size} or a teacher of that size.")
+    teacher.requires_grad_(False)
+    return teacher.to(device, memory_format=memory_format).eval()
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+                      ) -> torch.Tensor:
+    """Hinton et al.'s ``T^2 KL(softmax(t / T) || softmax(s / T))``, averaged over the batch."""
+    log_student = torch.nn.functional.log_softmax(student_logits / temperature, dim=1)
+    log_teacher = torch.nn.functional.log_softmax(teacher_logits / temperature, dim=1)
+    return torch.nn.functional.kl_div(log_student, log_teacher, reduction="batchmean",
+                                      log_target=True) * temperature ** 2
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -146,7 +177,7 @@ def latest_checkpoint(output_dir: str | Path) -> Optional[Path]:
 
 _RESUME_MUST_MATCH = ("dataset", "model", "image_size", "batch_size", "grad_accum", "seed", "epochs",
                       "val_fraction", "test_fraction", "max_train_samples", "freeze_epochs", "lr", "ema_decay",
-                      "radiometric", "jpeg")
+                      "radiometric", "band_gain", "jpeg", "teacher", "distill_weight", "distill_temperature")
 
 
 def read_trainer_state(checkpoint: Path, cfg: TrainConfig) -> dict:
@@ -159,6 +190,8 @@ def read_trainer_state(checkpoint: Path, cfg: TrainConfig) -> dict:
         raise CheckpointError(f"Checkpoint {checkpoint} is unreadable ({type(err).__name__}: {err}); expected "
                               f"{TRAINER_STATE} written by a finished epoch. Delete the folder to resume from "
                               f"the one before it, or start without --resume.") from err
+    # A key the checkpoint's version did not have yet was that version's behaviour: the field's default.
+    saved = {**{f.name: f.default for f in fields(TrainConfig)}, **saved}
     mismatch = {k: (saved.get(k), getattr(cfg, k)) for k in _RESUME_MUST_MATCH if saved.get(k) != getattr(cfg, k)}
     if mismatch:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in mismatch.items())
@@ -225,8 +258,8 @@ def _prep(cfg: TrainConfig, model) -> dict:
 
 
 def train_one_epoch(accelerator, model, loader, optimizer, scheduler, criterion, cfg: TrainConfig, epoch: int,
-                    prep: dict, step: int, memory_format, ema=None) -> tuple[dict, int]:
-    """One epoch; returns its summary and the new global optimiser step."""
+                    prep: dict, step: int, memory_format, ema=None, teacher=None) -> tuple[dict, int]:
+    """One epoch; returns its summary and the new global optimiser step (``teacher``: see :func:`load_teacher`)."""
     model.train()
     # On the bare model: under DDP, ``model`` is the wrapper (whose BatchNorm stats would otherwise update while
     # the backbone is frozen).
@@ -244,12 +277,7 @@ def train_one_epoch(accelerator, model, loader, optimizer, scheduler, criterion,
                disable=not accelerator.is_local_main_process)
     for batch_index, (images, labels) in enumerate(loader):
         with accelerator.accumulate(model):
-            if cfg.jpeg > 0:
-                images = jpeg_recompress(images, cfg.jpeg, gen)
-            x = augment(images, prep["size"], prep["mean"], prep["std"], gen, cfg.crop_scale, cfg.jitter,
-                        memory_format, radiometric=cfg.radiometric)
-            logits = model(x)
-            loss = criterion(logits.float(), labels)
+            logits, loss = _training_loss(model, teacher, images, labels, criterion, cfg, prep, gen, memory_format)
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -279,6 +307,31 @@ def train_one_epoch(accelerator, model, loader, optimizer, scheduler, criterion,
     return {"train_loss": float(totals[0]) / total_seen, "train_acc": float(totals[1]) / total_seen,
             "lr": current_lr(optimizer), "img_per_s": total_seen / max(seconds, 1e-9),
             "train_seconds": seconds}, step
+
+
+def _training_loss(model, teacher, images, labels, criterion, cfg: TrainConfig, prep: dict, gen, memory_format
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment one uint8 batch, run the model; the logits and the loss (with the teacher's term if there is one)."""
+    clean = images
+    if cfg.jpeg > 0:
+        images = jpeg_recompress(images, cfg.jpeg, gen)
+    if teacher is None:
+        x = augment(images, prep["size"], prep["mean"], prep["std"], gen, cfg.crop_scale, cfg.jitter,
+                    memory_format, radiometric=cfg.radiometric, radiometry_ranges={"band_gain": cfg.band_gain})
+        logits = model(x)
+        return logits, criterion(logits.float(), labels)
+    teacher_cfg = data_config(teacher)
+    x, x_clean = augment_with_clean_view(images, clean, prep["size"], prep["mean"], prep["std"], gen,
+                                         cfg.crop_scale, cfg.jitter, memory_format, radiometric=cfg.radiometric,
+                                         radiometry_ranges={"band_gain": cfg.band_gain},
+                                         clean_mean=teacher_cfg["mean"], clean_std=teacher_cfg["std"])
+    with torch.inference_mode():
+        target = teacher(x_clean).float()
+    logits = model(x)
+    w = cfg.distill_weight
+    loss = (1 - w) * criterion(logits.float(), labels) + \
+        w * distillation_loss(logits.float(), target.clone(), cfg.distill_temperature)
+    return logits, loss
 
 
 def _check_finite(first_bad: torch.Tensor, epoch: int, step: int, cfg: TrainConfig) -> None:
@@ -317,6 +370,7 @@ def train(cfg: TrainConfig) -> Optional[TrainResult]:
     prep = _prep(cfg, model)
     if cfg.compile:
         model = torch.compile(model)
+    teacher = load_teacher(cfg, data.class_names, accelerator.device, memory_format)
     optimizer = make_optimizer(model, cfg)
     train_loader, eval_loaders = make_loaders(data, cfg)
     model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
@@ -342,7 +396,7 @@ def train(cfg: TrainConfig) -> Optional[TrainResult]:
     for epoch in range(start_epoch, cfg.epochs):
         set_backbone_frozen(unwrapped, epoch < cfg.freeze_epochs)
         summary, step = train_one_epoch(accelerator, model, train_loader, optimizer, scheduler, criterion, cfg,
-                                        epoch, prep, step, memory_format, ema)
+                                        epoch, prep, step, memory_format, ema, teacher)
         cm, val_loss, _ = evaluate_loader(accelerator, model, val_loader, prep, len(data.class_names),
                                           "validation", memory_format)
         val = report(cm, data.class_names)

@@ -174,13 +174,15 @@ def jpeg_recompress(images: torch.Tensor, probability: float, generator: torch.G
 
 
 def draw_view_params(n: int, height: int, width: int, crop_scale: float, jitter: float,
-                     generator: torch.Generator, groups: int = CROP_GROUPS, radiometric: float = 0.0) -> ViewParams:
+                     generator: torch.Generator, groups: int = CROP_GROUPS, radiometric: float = 0.0,
+                     radiometry_ranges: Optional[dict] = None) -> ViewParams:
     """Random D4 symmetries, square-ish crops of ``crop_scale..1`` of the area, and jitter factors in ``1 ± jitter``.
 
     The crop side is drawn per group of images (uniform in ``sqrt(crop_scale)..1`` of each axis, whole
     pixels like torchvision's ``RandomResizedCrop``), its position and everything else per image. Sizes
     are Python ints, so grouping costs no device sync; each image still sees the same distribution.
-    ``radiometric`` is the share of images that also get a radiometric change (:func:`draw_radiometry`).
+    ``radiometric`` is the share of images that also get a radiometric change (:func:`draw_radiometry`, with
+    ``radiometry_ranges`` overriding entries of ``RADIOMETRY_RANGES``).
     """
     if not 0.0 < crop_scale:
         raise ValueError(f"crop_scale must be in (0, 1] (fraction of the image area kept); got {crop_scale}.")
@@ -199,7 +201,7 @@ def draw_view_params(n: int, height: int, width: int, crop_scale: float, jitter:
     slack = torch.stack([height - crop_h, width - crop_w], 1) + 1
     corner = (torch.rand(n, 2, generator=generator) * slack).long().clamp_max_(slack - 1)
     factors = torch.empty(n, 3).uniform_(1 - jitter, 1 + jitter, generator=generator) if jitter > 0 else None
-    radiometry = draw_radiometry(n, radiometric, generator) if radiometric > 0 else None
+    radiometry = draw_radiometry(n, radiometric, generator, radiometry_ranges) if radiometric > 0 else None
     return ViewParams(symmetry, corner, group_list, factors, radiometry)
 
 
@@ -344,18 +346,47 @@ def colour_normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[
 
 def augment(images: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float],
             generator: torch.Generator, crop_scale: float = 0.8, jitter: float = 0.1,
-            memory_format: torch.memory_format = torch.contiguous_format, radiometric: float = 0.0) -> torch.Tensor:
+            memory_format: torch.memory_format = torch.contiguous_format, radiometric: float = 0.0,
+            radiometry_ranges: Optional[dict] = None) -> torch.Tensor:
     """Training view of a uint8 batch on its own device: D4 symmetry, random crop, resize, colour jitter, normalise.
 
     ``generator`` is a CPU generator: the parameters (:func:`draw_view_params`, a few numbers per
     image) are drawn on the host; the pixels never leave ``images.device``. No per-image Python:
     one gather and one resize per crop size (:func:`crop_resize_d4`), one batched matmul for colour
-    and normalisation (:func:`colour_normalise`). ``radiometric``: share of images given a radiometric change.
+    and normalisation (:func:`colour_normalise`). ``radiometric``: share of images given a radiometric change
+    (``radiometry_ranges``: see :func:`draw_view_params`).
     """
     n, _, h, w = images.shape
-    params = draw_view_params(n, h, w, crop_scale, jitter, generator, radiometric=radiometric).to(images.device)
+    params = draw_view_params(n, h, w, crop_scale, jitter, generator, radiometric=radiometric,
+                              radiometry_ranges=radiometry_ranges).to(images.device)
     return colour_normalise(crop_resize_d4(images, size, params), mean, std, params.jitter, memory_format,
                             params.radiometry)
+
+
+def augment_with_clean_view(images: torch.Tensor, clean: torch.Tensor, size: int, mean: Sequence[float],
+                            std: Sequence[float], generator: torch.Generator, crop_scale: float = 0.8,
+                            jitter: float = 0.1, memory_format: torch.memory_format = torch.contiguous_format,
+                            radiometric: float = 0.0, radiometry_ranges: Optional[dict] = None,
+                            clean_mean: Optional[Sequence[float]] = None,
+                            clean_std: Optional[Sequence[float]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`augment` of ``images``, and the same view of ``clean`` without the radiometric change.
+
+    ``clean`` is the batch before its JPEG re-compression (or ``images`` itself). Both views share the
+    symmetry, crop and jitter; only the second skips the radiometry, so a teacher that sees it predicts what
+    the image *is*, whatever colours the student is shown (consistency distillation). ``clean_mean`` /
+    ``clean_std`` normalise the clean view for a teacher with other statistics (default: ``mean`` / ``std``).
+    """
+    if clean.shape != images.shape:
+        raise ValueError(f"The clean batch must match the augmented one; got {tuple(clean.shape)} and "
+                         f"{tuple(images.shape)}.")
+    n, _, h, w = images.shape
+    params = draw_view_params(n, h, w, crop_scale, jitter, generator, radiometric=radiometric,
+                              radiometry_ranges=radiometry_ranges).to(images.device)
+    student = colour_normalise(crop_resize_d4(images, size, params), mean, std, params.jitter, memory_format,
+                               params.radiometry)
+    teacher = colour_normalise(crop_resize_d4(clean, size, params), clean_mean or mean, clean_std or std,
+                               params.jitter, memory_format)
+    return student, teacher
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt() parameter numbers (malloc.h)

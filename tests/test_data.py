@@ -13,8 +13,9 @@ from landcover.data import ClassMismatchError, load_eurosat, stratified_subset
 from landcover.labels import EUROSAT_CLASSES
 import torch.nn.functional as F
 
-from landcover.transforms import (CROP_GROUPS, ViewParams, augment, colour_normalise, crop_resize_d4, draw_view_params,
-                                  jpeg_recompress, make_generator, preprocess, retain_freed_host_memory)
+from landcover.transforms import (CROP_GROUPS, ViewParams, augment, augment_with_clean_view, colour_normalise,
+                                  crop_resize_d4, draw_view_params, jpeg_recompress, make_generator, preprocess,
+                                  retain_freed_host_memory)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -313,6 +314,24 @@ def test_retain_freed_host_memory_takes_effect_on_glibc():
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
     assert retain_freed_host_memory() is True
+
+
+def test_clean_view_shares_the_geometry_and_skips_the_radiometry():
+    """The teacher's view of a distillation step: the student's crop, symmetry and jitter, no radiometric change."""
+    images = torch.randint(0, 256, (16, 3, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    student, clean = augment_with_clean_view(images, images, 16, MEAN, STD, make_generator(9), radiometric=1.0)
+    # The radiometry is drawn after everything else, so the same seed without it gives the same geometry.
+    assert torch.equal(clean, augment(images, 16, MEAN, STD, make_generator(9), radiometric=0.0))
+    assert torch.equal(student, augment(images, 16, MEAN, STD, make_generator(9), radiometric=1.0))
+    assert (student - clean).abs().amax(dim=(1, 2, 3)).min() > 0.05  # every image's colours changed
+    plain, same = augment_with_clean_view(images, images, 16, MEAN, STD, make_generator(9), radiometric=0.0)
+    assert torch.equal(plain, same)
+    other_stats = augment_with_clean_view(images, images, 16, MEAN, STD, make_generator(9), clean_mean=(0.5,) * 3,
+                                          clean_std=(0.5,) * 3)[1]
+    torch.testing.assert_close(other_stats * 0.5 + 0.5, same * torch.tensor(STD).view(1, 3, 1, 1)
+                               + torch.tensor(MEAN).view(1, 3, 1, 1), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="must match"):
+        augment_with_clean_view(images, images[:8], 16, MEAN, STD, make_generator(9))
 
 
 def test_augment_accepts_any_memory_layout_and_non_square_images():

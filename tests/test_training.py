@@ -4,15 +4,19 @@ import dataclasses
 import json
 from pathlib import Path
 
+import shutil
+
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from datagen import write_imagefolder
 from landcover.config import TrainConfig
 from landcover.model_folder import save_model_folder
 from landcover.labels import EUROSAT_CLASSES
-from landcover.training import CheckpointError, build_model, train
+from landcover.training import CheckpointError, build_model, latest_checkpoint, load_teacher, read_trainer_state, train
+from landcover.model import data_config
+from landcover.transforms import preprocess
 
 TINY = dict(model="test_resnet", pretrained=False, image_size=32, batch_size=16, lr=3e-3, log_every=5,
             examples=False)
@@ -96,6 +100,21 @@ def test_resume_refuses_another_configuration(parquet_folder, tmp_path):
         train(dataclasses.replace(cfg, max_steps=None, resume=True, lr=1e-2))
 
 
+def test_resume_accepts_a_checkpoint_from_before_a_new_option(parquet_folder, tmp_path):
+    """A checkpoint written before ``band_gain``/``teacher`` existed resumes when they keep their defaults."""
+    cfg = TrainConfig(dataset=str(parquet_folder), epochs=2, max_steps=1, output_dir=str(tmp_path / "o"), **TINY)
+    train(cfg)
+    checkpoint = latest_checkpoint(cfg.output_dir)
+    state_file = checkpoint / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    for key in ("band_gain", "teacher", "distill_weight", "distill_temperature"):
+        del state["config"][key]
+    state_file.write_text(json.dumps(state))
+    assert read_trainer_state(checkpoint, cfg)["epoch"] == 1
+    with pytest.raises(CheckpointError, match=r"band_gain: checkpoint 0\.15 vs now 0\.25"):
+        read_trainer_state(checkpoint, dataclasses.replace(cfg, band_gain=0.25))
+
+
 def test_default_architecture_builds_and_takes_one_step(tmp_path):
     """The real ``wide_resnet50_2`` (random init, 64 px): one optimiser step, then the usual evaluation."""
     folder = write_imagefolder(tmp_path / "data", per_class=7)  # 5/1/1 per class: small evaluations
@@ -129,3 +148,48 @@ def test_short_run_on_real_eurosat(real_eurosat, tmp_path):
 # Measured once (seed 42, this exact config): test accuracy 0.591 (validation 0.43 / 0.48 / 0.59 per epoch). One run
 # only, so the margin is wide; chance is 0.1.
 REAL_MIN_ACCURACY = 0.4
+
+
+def _shifted_teacher(model_dir: Path, out: Path) -> Path:
+    """A copy of a trained model folder whose head answers class ``(y + 1) % 10`` where the original answers ``y``."""
+    shutil.copytree(model_dir, out)
+    weights = load_file(str(out / "model.safetensors"))
+    head = [k for k in weights if k.startswith("fc.")]
+    assert head, sorted(weights)
+    for key in head:  # row i of the new head is row i - 1 of the old one
+        weights[key] = torch.roll(weights[key], 1, dims=0).contiguous()
+    save_file(weights, str(out / "model.safetensors"))
+    return out
+
+
+def test_distillation_learns_what_the_teacher_says(tiny_model_dir, eurosat_folder, tmp_path):
+    """With --distill-weight 1 the labels are unused: a student of a teacher that shifts every class learns the shift."""
+    teacher = _shifted_teacher(tiny_model_dir, tmp_path / "teacher")
+    cfg = TrainConfig(dataset=str(eurosat_folder), model="test_resnet", pretrained=False, image_size=32, epochs=4,
+                      batch_size=8, lr=5e-3, log_every=5, examples=False, select_tta=False, radiometric=0.0,
+                      jpeg=0.25, teacher=str(teacher), distill_weight=1.0, output_dir=str(tmp_path / "student"))
+    result = train(cfg)
+    # The kept epoch is chosen by validation accuracy against the labels, so read the last epoch's weights.
+    student = build_model(cfg, result.data.class_names)
+    student.load_state_dict(_checkpoint_weights(tmp_path / "student", 4))
+    test = result.data.splits["test"]
+    with torch.no_grad():
+        stats = data_config(student)
+        predicted = student.eval()(preprocess(test.images, 32, stats["mean"], stats["std"])).argmax(1)
+    assert float((predicted == (test.labels + 1) % 10).float().mean()) >= 0.8  # the teacher's answers
+    assert float((predicted == test.labels).float().mean()) <= 0.2
+    assert result.history[-1]["train_acc"] <= 0.2  # against the labels, on the augmented views
+    assert json.loads((save_model_folder(result, command="t") / "train_config.json").read_text())["teacher"] == \
+        str(teacher)
+
+
+def test_a_teacher_of_another_size_or_classes_is_refused(tiny_model_dir):
+    cfg = TrainConfig(teacher=str(tiny_model_dir), image_size=64)
+    with pytest.raises(ValueError, match=r"takes 32 px inputs; this run trains at 64 px\. Pass --image-size 32"):
+        load_teacher(cfg, list(EUROSAT_CLASSES), "cpu", torch.contiguous_format)
+    with pytest.raises(ValueError, match="Use a teacher trained on the same classes"):
+        load_teacher(TrainConfig(teacher=str(tiny_model_dir), image_size=32), ["a", "b"], "cpu",
+                     torch.contiguous_format)
+    with pytest.raises(ValueError, match="--distill-weight in"):
+        load_teacher(TrainConfig(teacher=str(tiny_model_dir), image_size=32, distill_weight=2.0),
+                     list(EUROSAT_CLASSES), "cpu", torch.contiguous_format)
