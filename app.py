@@ -14,9 +14,9 @@ import os
 import sys
 from typing import Optional
 
-from landcover.defaults import BACKENDS, DEFAULT_BACKEND
-from landcover.predict import load_predictor
-from landcover.ui import build_app, build_demo, serve
+from landcover.core.defaults import BACKENDS, DEFAULT_BACKEND
+from landcover.inference.predictor import load_predictor
+from landcover.app.blocks import build_app, build_demo, serve
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -34,7 +34,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="Port (env GRADIO_SERVER_PORT).")
     parser.add_argument("--backend", default=os.environ.get("LANDCOVER_BACKEND", DEFAULT_BACKEND), choices=BACKENDS,
                         help="Inference engine (env LANDCOVER_BACKEND; default auto: the ONNX graph the model "
-                             "folder ships, else torch; see landcover/defaults.py). Falls back to torch if ONNX fails.")
+                             "folder ships, else torch; see landcover/core/defaults.py). Falls back to torch if ONNX fails.")
     return parser.parse_args(argv)
 
 

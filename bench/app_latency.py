@@ -2,7 +2,7 @@
 
     python bench/app_latency.py --model MODEL_DIR [--requests 200] [--image patch.png]
 
-Launches the real app (``landcover.ui.build_app`` under uvicorn) on a free loopback port in this process,
+Launches the real app (``landcover.app.blocks.build_app`` under uvicorn) on a free loopback port in this process,
 sends one warm-up request, then N requests one after another with httpx. *End-to-end* is the client's
 wall time per request (connection reused); *server-side* is the handler's own time, read from the
 ``Server-Timing`` header (read body, decode, inference). Loopback only; stops by itself.
@@ -40,8 +40,8 @@ def main(argv=None) -> int:
 
     from app_server import running_app
     from datagen import class_patch
-    from landcover.predict import Predictor
-    from landcover.ui import build_app
+    from landcover.inference.predictor import Predictor
+    from landcover.app.blocks import build_app
 
     if args.image:
         data = Path(args.image).read_bytes()

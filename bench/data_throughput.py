@@ -3,8 +3,8 @@
 Both run in one process on the same files, batch size and thread count, and deliver the same thing: a
 normalised, augmented float batch ``(B, 3, S, S)`` ready for the model.
 
-* project: decode once (``landcover.data.decode_split``, through ``datasets``) into a uint8 tensor, then per
-  epoch ``TensorPatches`` + ``__getitems__`` (one gather per batch) + batched ``landcover.transforms.augment``;
+* project: decode once (``landcover.data.eurosat.decode_split``, through ``datasets``) into a uint8 tensor, then per
+  epoch ``TensorPatches`` + ``__getitems__`` (one gather per batch) + batched ``landcover.data.transforms.augment``;
 * naive: ``PIL.Image.open`` per item + torchvision transforms per item + default collate, every epoch.
 
 Usage: ``nice -n 19 python bench/data_throughput.py [--data ../shared/eurosat-rgb] [--n-images 4000]``.
@@ -75,8 +75,8 @@ def time_epoch(batches) -> tuple[int, float]:
 def project_loader(paths: list[str], labels: list[int], classes: list[str], args) -> dict:
     import datasets
 
-    from landcover.data import TensorPatches, collate_batch, decode_split
-    from landcover.transforms import augment, make_generator
+    from landcover.data.eurosat import TensorPatches, collate_batch, decode_split
+    from landcover.data.transforms import augment, make_generator
 
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
     split = datasets.Dataset.from_dict({"image": paths, "label": labels}, features=features)
@@ -120,8 +120,8 @@ def main(argv=None) -> int:
         print(f"error: --data {root} is not a folder; expected the EuroSAT imagefolder.", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    # What training does on a CPU (landcover.training.train), set once for both loaders: same process, same allocator.
-    from landcover.transforms import retain_freed_host_memory
+    # What training does on a CPU (landcover.training.trainer.train), set once for both loaders: same process, same allocator.
+    from landcover.data.transforms import retain_freed_host_memory
 
     allocator = "default allocator"
     if not args.default_allocator and retain_freed_host_memory():

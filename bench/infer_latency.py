@@ -44,8 +44,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from landcover.hub import DEFAULT_MODEL_DIR  # noqa: E402
-from landcover.labels import EUROSAT_CLASSES  # noqa: E402
+from landcover.models.hub import DEFAULT_MODEL_DIR  # noqa: E402
+from landcover.core.labels import EUROSAT_CLASSES  # noqa: E402
 
 
 def make_folder(name: str, root: Path) -> tuple[Path, str]:
@@ -58,7 +58,7 @@ def make_folder(name: str, root: Path) -> tuple[Path, str]:
         note = f"untrained {name}, 64 px"
     import timm
 
-    from landcover.model import create_model
+    from landcover.models.factory import create_model
 
     folder = root / name
     model = create_model(name, num_classes=10, pretrained=False, image_size=64, label_names=list(EUROSAT_CLASSES))
@@ -122,7 +122,7 @@ PLAIN = "plain onnxruntime"
 def bench_model(name: str, root: Path, args) -> list[tuple]:
     from onnx_reference import PlainOnnx, TodayEngine
 
-    from landcover.predict import Predictor, load_predictor
+    from landcover.inference.predictor import Predictor, load_predictor
 
     folder, note = make_folder(name, root)
     t = time.perf_counter()
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     parser.add_argument("--flask-repeats", type=int, default=5, help="Timed calls of the reloading predictor.")
     parser.add_argument("--skip-flask", action="store_true")
     args = parser.parse_args(argv)
-    from landcover.defaults import default_threads
+    from landcover.core.defaults import default_threads
 
     args.threads = args.threads or default_threads()
     torch.set_num_threads(args.threads)  # the benchmark owns its process

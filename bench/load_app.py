@@ -309,8 +309,8 @@ def raw_ort_throughput(model: Optional[str], backend: Optional[str], batches: tu
     """Images/s of a bare ONNX Runtime session on the app's model with its own TTA (numpy views, no HTTP)."""
     sys.path.insert(0, str(ROOT))
 
-    from landcover.config import TTA_MODES
-    from landcover.predict import load_predictor
+    from landcover.core.config import TTA_MODES
+    from landcover.inference.predictor import load_predictor
 
     predictor = load_predictor(model, backend or "onnx")
     if predictor.onnx is None:

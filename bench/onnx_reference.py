@@ -3,7 +3,7 @@
 * :func:`network_graph`: the network alone exported to ONNX (normalised float input, dynamic batch), as
   the project exported it before the preprocessing moved into the graph; cached in the user ONNX cache.
 * :class:`TodayEngine`: the map/app path before that change: torch preprocessing (resize, normalise)
-  then that graph in ONNX Runtime. Plugs into :class:`landcover.predict.Predictor` for a side-by-side run.
+  then that graph in ONNX Runtime. Plugs into :class:`landcover.inference.predictor.Predictor` for a side-by-side run.
 * :class:`PlainOnnx`: the fastest plain path a user would write: PIL ``img.resize((S, S))`` (bilinear),
   numpy ``/255``, mean/std, ``session.run``, numpy softmax.
 """
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from landcover.onnx_backend import session_options, user_cache_dir, weights_key
-from landcover.transforms import preprocess, tta_views
+from landcover.inference.onnx_backend import session_options, user_cache_dir, weights_key
+from landcover.data.transforms import preprocess, tta_views
 
 
 def network_graph(loaded, input_size: int) -> Path:

@@ -11,7 +11,7 @@ transform, models side by side. Two families of transforms:
 * **Storage** (how a scene's values are written): the patches are tiled into ``--mosaic`` x ``--mosaic``
   mosaics in memory (never written anywhere), converted to reflectance (EuroSAT's stretch: 255 =
   0.275) and stored as uint16 x 10000, x 10000 + 1000 (Sentinel-2 baseline >= 04.00), x 1000 or float;
-  each mosaic then goes through the real inference of :func:`landcover.radiometry.to_eurosat_rgb8`
+  each mosaic then goes through the real inference of :func:`landcover.readers.radiometry.to_eurosat_rgb8`
   (no flags) before it is cut back into patches. A JPEG quick-look (per-channel 2-98 percentile
   stretch of the mosaic, JPEG quality 85) goes the same way.
 * **Colour** (what the scene looks like): gamma 0.8 and 1.25, haze (``0.7 x + 0.3 x`` bright bluish
@@ -33,8 +33,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from landcover.labels import EUROSAT_CLASSES  # noqa: E402
-from landcover.radiometry import EUROSAT_WHITE, to_eurosat_rgb8  # noqa: E402
+from landcover.core.labels import EUROSAT_CLASSES  # noqa: E402
+from landcover.readers.radiometry import EUROSAT_WHITE, to_eurosat_rgb8  # noqa: E402
 
 HAZE_COLOUR = np.array([0.80, 0.83, 0.90]) * 255
 
@@ -141,8 +141,8 @@ def main(argv=None) -> int:
                         help="Which split of the models' splits.json (choose recipes and models on validation).")
     args = parser.parse_args(argv)
 
-    from landcover.hub import resolve_model_dir
-    from landcover.predict import load_predictor
+    from landcover.models.hub import resolve_model_dir
+    from landcover.inference.predictor import load_predictor
 
     names = args.names or [str(m or "embedded") for m in args.models]
     table: dict[str, dict[str, float]] = {}

@@ -6,13 +6,13 @@ Usage::
 
 Each timed run does what ``python -m landcover map scene.png`` does between loading the model and drawing
 the map: open and decode the PNG, cut the tiles, classify them (preprocessing included), assemble the
-per-cell grid. Model loading is timed on its own. Variants, each a :class:`landcover.predict.Predictor`:
+per-cell grid. Model loading is timed on its own. Variants, each a :class:`landcover.inference.predictor.Predictor`:
 
 * ``today``: the map path before this benchmark's work: torch preprocessing + the network in ONNX Runtime
   float32 (:class:`onnx_reference.TodayEngine`);
 * ``onnx``: the shipped float graph (uint8 pixels in, preprocessing inside the graph);
 * ``int8``: the shipped static int8 graph (what ``map`` uses by default when its accuracy cost is within
-  budget; see ``landcover/defaults.py``);
+  budget; see ``landcover/core/defaults.py``);
 * ``torch``: eager torch.
 
 The scene is a mosaic of real EuroSAT patches with ``--data`` (fixed seed), else random texture; it is
@@ -39,8 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from landcover import mapping, raster  # noqa: E402
-from landcover.labels import PATCH_SIZE_PX  # noqa: E402
+from landcover.readers import raster  # noqa: E402
+from landcover.scenes import mapping  # noqa: E402
+from landcover.core.labels import PATCH_SIZE_PX  # noqa: E402
 
 
 def build_scene(size: int, data: str | None, folder: Path, seed: int = 0) -> Path:
@@ -63,8 +64,8 @@ def build_scene(size: int, data: str | None, folder: Path, seed: int = 0) -> Pat
 
 def load_variant(name: str, model, threads: int):
     """(predictor, load seconds) for a variant name (see the module docstring)."""
-    from landcover.model import data_config
-    from landcover.predict import Predictor, load_predictor
+    from landcover.models.factory import data_config
+    from landcover.inference.predictor import Predictor, load_predictor
 
     t = time.perf_counter()
     if name == "today":
@@ -93,7 +94,7 @@ def test_accuracy(predictors: dict, data: str) -> dict:
     """Single-pass accuracy of each variant on the model's test split (its splits.json when recorded)."""
     import torch
 
-    from landcover.evaluate import load_split
+    from landcover.inference.evaluate import load_split
 
     first = next(iter(predictors.values()))
     test = load_split(first, data, "test")
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from landcover.defaults import default_threads
+    from landcover.core.defaults import default_threads
 
     threads = args.threads or default_threads()
     torch.set_num_threads(threads)  # the benchmark owns its process: torch preprocessing gets the same cores

@@ -2,11 +2,11 @@
 
 Both train the same architecture, at the same size and batch, on the same files, in one process:
 
-* ``project``  landcover.training as ``train.py`` runs it: images decoded once into a uint8 tensor,
-  ``TensorPatches`` batches (one gather each), batched ``landcover.transforms.augment`` on the device,
+* ``project``  landcover.training.trainer as ``train.py`` runs it: images decoded once into a uint8 tensor,
+  ``TensorPatches`` batches (one gather each), batched ``landcover.data.transforms.augment`` on the device,
   ``channels_last``, bf16 autocast where the device supports it (accelerate mixed precision), fused
   AdamW on CUDA, optional ``torch.compile``, and no host-device sync per step -- the timed steps are
-  ``landcover.training.train_one_epoch`` itself, with the model/optimizer built by ``build_model`` /
+  ``landcover.training.trainer.train_one_epoch`` itself, with the model/optimizer built by ``build_model`` /
   ``make_optimizer``;
 * ``notebook`` what the notebook we start from did: ``PIL.Image.open`` per item + torchvision transforms
   per item + ``DataLoader`` default collate, fp32, ``loss.item()`` every step.
@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from landcover.labels import EUROSAT_CLASSES  # noqa: E402
+from landcover.core.labels import EUROSAT_CLASSES  # noqa: E402
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -72,7 +72,7 @@ def list_files(data: str | None, n: int, tmp: Path) -> tuple[list[Path], list[in
 
 
 def decode_once(files: list[Path]) -> torch.Tensor:
-    """Decoded uint8 ``(N, 3, H, W)``, contiguous like ``landcover.data.decode_split``'s (an HWC view would
+    """Decoded uint8 ``(N, 3, H, W)``, contiguous like ``landcover.data.eurosat.decode_split``'s (an HWC view would
     make every batch gather take torch's slow strided path)."""
     images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
@@ -104,12 +104,12 @@ class NotebookDataset(torch.utils.data.Dataset):
 
 
 def project_run(args, files, labels) -> dict:
-    """Images/s of ``landcover.training.train_one_epoch`` (and of its data path alone)."""
-    from landcover.config import TrainConfig
-    from landcover.data import Patches, TensorPatches, collate_batch
-    from landcover.training import (_prep, build_model, make_accelerator, make_optimizer, make_scheduler,
+    """Images/s of ``landcover.training.trainer.train_one_epoch`` (and of its data path alone)."""
+    from landcover.core.config import TrainConfig
+    from landcover.data.eurosat import Patches, TensorPatches, collate_batch
+    from landcover.training.trainer import (_prep, build_model, make_accelerator, make_optimizer, make_scheduler,
                                     train_one_epoch)
-    from landcover.transforms import augment, make_generator
+    from landcover.data.transforms import augment, make_generator
 
     if args.precision != "no":
         os.environ["ACCELERATE_MIXED_PRECISION"] = args.precision  # what `accelerate launch --mixed_precision` sets
@@ -228,8 +228,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="Also print one JSON line with all figures.")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
-    # What training does on a CPU (landcover.training.train), set once for both loops: same process, same allocator.
-    from landcover.transforms import retain_freed_host_memory
+    # What training does on a CPU (landcover.training.trainer.train), set once for both loops: same process, same allocator.
+    from landcover.data.transforms import retain_freed_host_memory
 
     allocator = "glibc malloc keeps freed memory" if not cuda and retain_freed_host_memory() else "default allocator"
     if args.precision == "auto":

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .config import TTA_MODES, TrainConfig, add_dataclass_arguments, tta_choices_help
-from .defaults import BACKENDS, DEFAULT_BACKEND
+from landcover.core.config import TTA_MODES, TrainConfig, add_dataclass_arguments, tta_choices_help
+from landcover.core.defaults import BACKENDS, DEFAULT_BACKEND
 
 
 def train_main(argv: Optional[list[str]] = None) -> int:
@@ -19,9 +19,9 @@ def train_main(argv: Optional[list[str]] = None) -> int:
     add_dataclass_arguments(parser, TrainConfig)
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .hub import PushError, push_folder
-    from .model_folder import save_model_folder
-    from .training import CheckpointError, NonFiniteLossError, train
+    from landcover.models.hub import PushError, push_folder
+    from landcover.training.model_folder import save_model_folder
+    from landcover.training.trainer import CheckpointError, NonFiniteLossError, train
 
     try:
         result = train(cfg)
@@ -43,13 +43,13 @@ def train_main(argv: Optional[list[str]] = None) -> int:
 
 
 def _evaluate(args) -> int:
-    from .evaluate import evaluate_model
+    from landcover.inference.evaluate import evaluate_model
 
     result = evaluate_model(args.model, args.data, split=args.split, batch_size=args.batch_size,
                             backend=args.backend, tta=args.tta)
     if args.record:
-        from .hub import resolve_model_dir
-        from .model_folder import record_test_evaluation
+        from landcover.models.hub import resolve_model_dir
+        from landcover.training.model_folder import record_test_evaluation
 
         if args.split != "test":
             raise ValueError(f"--record stores a test-split evaluation; got --split {args.split}.")
@@ -90,8 +90,8 @@ def expand_images(arguments: list[str]) -> list[Path]:
 
 
 def _predict(args) -> int:
-    from .imageio import UploadError, open_image_file
-    from .predict import Predictor
+    from landcover.readers.imageio import UploadError, open_image_file
+    from landcover.inference.predictor import Predictor
 
     paths = expand_images(args.images)
     predictor = Predictor.load(args.model, backend=args.backend)
@@ -135,7 +135,7 @@ def positive_int(text: str) -> int:
 
 
 def _push(args) -> int:
-    from .hub import PushError, push_folder
+    from landcover.models.hub import PushError, push_folder
 
     try:
         print(push_folder(args.folder, args.repo_id, private=args.private, revision=args.revision))
@@ -146,7 +146,7 @@ def _push(args) -> int:
 
 
 def _export_onnx(args) -> int:
-    from .quantize import export_folder
+    from landcover.inference.quantize import export_folder
 
     export_folder(args.folder, args.data, calibration=args.calibration)
     return 0
@@ -155,7 +155,7 @@ def _export_onnx(args) -> int:
 def _add_backend(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS,
                         help="Inference engine (default auto: the ONNX graph the model folder ships, else "
-                             "torch; onnx exports once and caches; see landcover/defaults.py).")
+                             "torch; onnx exports once and caches; see landcover/core/defaults.py).")
 
 
 # ---------------------------------------------------------------- map and change (scene commands)
@@ -172,8 +172,8 @@ def _bands_arg(text: str) -> tuple[int, ...]:
 
 
 def _add_scene_options(p: argparse.ArgumentParser, model_help: str) -> None:
-    from .labels import PATCH_SIZE_PX
-    from .radiometry import KINDS
+    from landcover.core.labels import PATCH_SIZE_PX
+    from landcover.readers.radiometry import KINDS
 
     p.add_argument("--model", default=None, help=model_help)
     p.add_argument("--stride", type=int, default=PATCH_SIZE_PX,
@@ -204,12 +204,22 @@ def _add_scene_options(p: argparse.ArgumentParser, model_help: str) -> None:
     p.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS,
                    help="Inference engine (default auto: the int8 graph the model folder ships when its measured "
                         "accuracy cost is within budget, else its float ONNX graph, else torch; falls back to "
-                        "torch if ONNX fails; see landcover/defaults.py).")
+                        "torch if ONNX fails; see landcover/core/defaults.py).")
     p.add_argument("--tta", nargs="?", const=True, default=False, choices=tuple(TTA_MODES), metavar="MODE",
                    help=f"Average flips/rotations of every tile ({tta_choices_help()}; bare --tta: the model's mode "
                         f"or d4). Maps use one pass by default.")
+    p.add_argument("--evidence", default="auto", choices=("auto", "rgb"),
+                   help="auto (default): where the scene has NIR (and SWIR) bands, water is decided per cell by "
+                        "the water indices NDWI/MNDWI and fused with the CNN; rgb: the CNN on RGB alone.")
     p.add_argument("--json", action="store_true", help="Print one JSON object on stdout.")
     p.add_argument("--no-progress", action="store_true", help="No progress bar.")
+
+
+def _map_options(args):
+    from landcover.scenes.mapping import MapOptions
+
+    return MapOptions(stride=args.stride, batch_size=args.batch_size,
+                      progress=False if args.no_progress else None, tta=args.tta, evidence=args.evidence)
 
 
 def add_scene_commands(sub) -> None:
@@ -241,8 +251,8 @@ def add_scene_commands(sub) -> None:
 
 
 def _open_scene(path: str, args):
-    from .radiometry import scaling_from_flags
-    from .raster import open_scene
+    from landcover.readers.radiometry import scaling_from_flags
+    from landcover.readers.raster import open_scene
 
     given = scaling_from_flags(args.scale, args.offset, args.clip)
     return open_scene(path, bands=args.bands, given=given, pixel_size_m=args.pixel_size, resample=args.resample)
@@ -267,16 +277,16 @@ def _need_georeference(scene, args, name: str) -> None:
 
 
 def _map_command(args) -> int:
-    from . import export, render
-    from .mapping import map_scene
-    from .predict import load_predictor
+    from landcover.scenes import export
+    from landcover.scenes import render
+    from landcover.scenes.mapping import map_scene
+    from landcover.inference.predictor import load_predictor
 
     with _open_scene(args.scene, args) as scene:
         _need_georeference(scene, args, args.scene)
         _report_scene(scene)
         predictor = load_predictor(args.model, backend=args.backend, task="scenes")
-        result = map_scene(predictor, scene, args.stride, args.batch_size, False if args.no_progress else None,
-                           args.tta)
+        result = map_scene(predictor, scene, _map_options(args))
         render.render_map_with_legend(result).save(args.out)
         written = {"map": args.out}
         _write_optional(args, written, {
@@ -308,19 +318,18 @@ def _write_optional(args, written: dict, writers: dict) -> None:
 
 
 def _change_command(args) -> int:
-    from . import export
-    from .change import check_same_grid, detect_change, render_change
+    from landcover.scenes import export
+    from landcover.scenes.change import check_same_grid, detect_change, render_change
 
     with _open_scene(args.before, args) as before, _open_scene(args.after, args) as after:
         check_same_grid(before, after)  # before loading the model: fail fast
         _need_georeference(before, args, args.before)
         _report_scene(before, "before")
         _report_scene(after, "after")
-        from .predict import load_predictor
+        from landcover.inference.predictor import load_predictor
 
         predictor = load_predictor(args.model, backend=args.backend, task="scenes")
-        result = detect_change(predictor, before, after, args.stride, args.batch_size, args.min_confidence,
-                               False if args.no_progress else None, args.tta)
+        result = detect_change(predictor, before, after, _map_options(args), args.min_confidence)
         render_change(result, after).save(args.out)
     written = {"change": args.out}
     _write_optional(args, written, {

@@ -17,7 +17,7 @@ def running_app(app) -> Iterator[str]:
     """Serve an ASGI app on ``127.0.0.1:<free port>``; yields its base URL (no trailing slash)."""
     import uvicorn
 
-    from landcover.ui import server_config
+    from landcover.app.blocks import server_config
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

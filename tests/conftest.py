@@ -40,9 +40,9 @@ def tiny_model_dir(eurosat_folder, tmp_path_factory) -> Path:
     4 epochs of batch 8 at lr 5e-3 reached 100% test accuracy for every seed tried (3 epochs of batch 16 at
     3e-3 gave 70-98% depending on the seed), so tests can rely on it classifying the generated data.
     """
-    from landcover.config import TrainConfig
-    from landcover.model_folder import save_model_folder
-    from landcover.training import train
+    from landcover.core.config import TrainConfig
+    from landcover.training.model_folder import save_model_folder
+    from landcover.training.trainer import train
 
     out = tmp_path_factory.mktemp("tiny-model")
     cfg = TrainConfig(dataset=str(eurosat_folder), model="test_resnet", pretrained=False, image_size=32, epochs=4,

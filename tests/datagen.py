@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from landcover.labels import EUROSAT_CLASSES
+from landcover.core.labels import EUROSAT_CLASSES
 
 
 def class_patch(class_index: int, rng: np.random.Generator, size: int = 64) -> np.ndarray:

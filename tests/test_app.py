@@ -23,13 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model_dir):
-    from landcover.predict import Predictor
+    from landcover.inference.predictor import Predictor
     return Predictor.load(str(tiny_model_dir))
 
 
 @pytest.fixture(scope="module")
 def app_url(predictor):
-    from landcover.ui import build_app
+    from landcover.app.blocks import build_app
     with running_app(build_app(predictor)) as url:
         yield url
 
@@ -60,7 +60,7 @@ def test_an_idle_keep_alive_connection_outlives_the_client_pool_expiry(app_url):
     import http.client
     import time
 
-    from landcover.ui import KEEP_ALIVE_S
+    from landcover.app.blocks import KEEP_ALIVE_S
 
     assert KEEP_ALIVE_S > httpx.Limits().keepalive_expiry
     host, port = app_url.removeprefix("http://").split(":")
@@ -104,7 +104,7 @@ def test_classify_rejects_missing_field_and_non_multipart(app_url):
 def test_gradio_client_predict_matches_rest(app_url, predictor, tmp_path):
     from gradio_client import Client, handle_file
 
-    from landcover.ui import TOP_K
+    from landcover.app.blocks import TOP_K
 
     path = _patch_png(tmp_path, 8)
     client = Client(app_url + "/", verbose=False, httpx_kwargs={"timeout": 300},
@@ -144,8 +144,8 @@ def test_gradio_client_batch_table_and_csv(app_url, predictor, tmp_path):
 def test_examples_order_model_folder_then_dir_then_none(predictor, tiny_model_dir, tmp_path):
     import shutil
 
-    from landcover.predict import Predictor
-    from landcover.ui import build_demo, find_examples
+    from landcover.inference.predictor import Predictor
+    from landcover.app.blocks import build_demo, find_examples
 
     found, origin = find_examples(predictor, tmp_path)
     assert found and all(p.parent == Path(tiny_model_dir) / "examples" for p in found)
@@ -172,8 +172,8 @@ def test_examples_order_model_folder_then_dir_then_none(predictor, tiny_model_di
 def test_model_panel_shows_name_data_figures_and_no_server_paths(predictor, tiny_model_dir):
     import json
 
-    from landcover.hub import hub_url
-    from landcover.ui import build_demo, model_markdown
+    from landcover.models.hub import hub_url
+    from landcover.app.blocks import build_demo, model_markdown
 
     text = model_markdown(predictor)
     metrics = json.loads((Path(predictor.loaded.folder) / "metrics.json").read_text())
@@ -220,7 +220,7 @@ def test_raw_gradio_api_calls_keep_no_state_per_call(predictor, tmp_path):
     import asyncio
     import sys
 
-    from landcover.ui import ANALYTICS_EVENTS, ANALYTICS_EVERY, STATE_SESSIONS, build_app
+    from landcover.app.blocks import ANALYTICS_EVENTS, ANALYTICS_EVERY, STATE_SESSIONS, build_app
 
     sys.path.insert(0, str(ROOT / "bench"))
     import load_app
@@ -252,7 +252,7 @@ def test_lazy_session_state_reads_like_gradios_own(predictor):
     import gradio as gr
     from gradio.state_holder import SessionState
 
-    from landcover.ui import _lean_state_holder_classes, build_demo
+    from landcover.app.blocks import _lean_state_holder_classes, build_demo
 
     lazy_class, _ = _lean_state_holder_classes()
     demo = build_demo(predictor)
@@ -272,7 +272,7 @@ def test_concurrent_rest_and_gradio_requests_share_one_batcher(predictor, tmp_pa
     """Mixed sizes merged into one batch give what the library gives image by image."""
     import threading
 
-    from landcover.batching import PatchClassifier
+    from landcover.inference.batching import PatchClassifier
 
     classifier = PatchClassifier(predictor, max_batch=6)
     classifier.batcher.max_wait_s = 60.0  # the first leader waits until all six are queued: one batch
@@ -345,7 +345,9 @@ def test_readme_space_front_matter():
     assert data.sdk_version == gradio.__version__
     assert data.app_file == "app.py" and (ROOT / data.app_file).is_file()
     assert data.license and data.short_description and len(data.short_description) <= 60
-    assert data.models and data.datasets
+    assert data.datasets
+    # The Space serves the embedded model, which is on no Hub repo: naming one would mislead.
+    assert not data.get("models")
 
 
 def test_temp_file_sweep_survives_uploads_arriving_while_it_runs_and_keeps_examples(tmp_path, monkeypatch):
@@ -357,7 +359,7 @@ def test_temp_file_sweep_survives_uploads_arriving_while_it_runs_and_keeps_examp
 
     from gradio.route_utils import delete_files_created_by_app
 
-    from landcover.ui import sweep_temp_files
+    from landcover.app.blocks import sweep_temp_files
 
     def make_blocks():
         files = [tmp_path / f"upload{i}.png" for i in range(4)]

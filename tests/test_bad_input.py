@@ -20,13 +20,13 @@ LIMIT = 2 * 2**20  # a small upload limit for this app instance, so the over-siz
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model_dir):
-    from landcover.predict import Predictor
+    from landcover.inference.predictor import Predictor
     return Predictor.load(str(tiny_model_dir))
 
 
 @pytest.fixture(scope="module")
 def app_url(predictor):
-    from landcover.ui import build_app
+    from landcover.app.blocks import build_app
     with running_app(build_app(predictor, max_file_size=LIMIT)) as url:
         yield url
 
@@ -180,7 +180,7 @@ def test_rest_classifies_16_bit_sentinel2_geotiff_patches(app_url, predictor, ba
     """16-bit Sentinel-2 patches (3-band L2A with band names, EuroSAT-MS 13-band stacks) read like `map` reads them."""
     import numpy as np
 
-    from landcover.imageio import decode_rgb8
+    from landcover.readers.imageio import decode_rgb8
     from test_imageio import _geotiff, _sentinel2_patch
 
     data = _geotiff(_sentinel2_patch(bands, seed=bands), ["B04", "B03", "B02"] if bands == 3 else None)

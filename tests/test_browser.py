@@ -55,8 +55,8 @@ def _open(browser, url: str):
 
 
 def test_upload_in_browser_shows_label_examples_and_screenshot(browser, ten_examples_model, tmp_path):
-    from landcover.predict import load_predictor
-    from landcover.ui import build_app
+    from landcover.inference.predictor import load_predictor
+    from landcover.app.blocks import build_app
 
     predictor = load_predictor(str(ten_examples_model))
     patch = tmp_path / "forest-like.png"
@@ -81,15 +81,15 @@ def test_upload_in_browser_shows_label_examples_and_screenshot(browser, ten_exam
 
 
 def _embedded_examples() -> list[Path]:
-    from landcover.hub import DEFAULT_MODEL_DIR
+    from landcover.models.hub import DEFAULT_MODEL_DIR
     return sorted((DEFAULT_MODEL_DIR / "examples").glob("*.jpg"))
 
 
 def test_app_without_flags_shows_the_embedded_models_ten_examples(browser):
     """`python app.py` with no flags: the embedded model and the ten patches of its examples/."""
-    from landcover.hub import DEFAULT_MODEL_DIR
-    from landcover.predict import load_predictor
-    from landcover.ui import build_app
+    from landcover.models.hub import DEFAULT_MODEL_DIR
+    from landcover.inference.predictor import load_predictor
+    from landcover.app.blocks import build_app
 
     shipped = _embedded_examples()
     assert len(shipped) == 10, f"the embedded model should ship 10 example JPEGs in examples/; found {len(shipped)}"

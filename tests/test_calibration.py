@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from landcover.calibration import (calibration_summary, expected_calibration_error, fit_temperature, nll,
+from landcover.core.calibration import (calibration_summary, expected_calibration_error, fit_temperature, nll,
                                    probabilities, wilson_interval)
-from landcover.training import mode_logits, select_tta_and_temperatures
+from landcover.training.trainer import mode_logits, select_tta_and_temperatures
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -82,8 +82,8 @@ def test_train_fits_a_temperature_that_the_predictor_applies(eurosat_folder, tmp
     assert test["accuracy_ci95"][0] <= test["accuracy"] <= test["accuracy_ci95"][1]
     assert metrics["tta_selection"]["chosen"] in temperatures
 
-    from landcover.data import load_eurosat
-    from landcover.predict import Predictor
+    from landcover.data.eurosat import load_eurosat
+    from landcover.inference.predictor import Predictor
 
     images = load_eurosat(str(eurosat_folder)).splits["test"].images[:16]
     calibrated = Predictor.load(str(out), tta=False).predict_tensor(images)

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from datagen import class_patch, write_imagefolder
-from landcover.config import TrainConfig
-from landcover.predict import Predictor
+from landcover.core.config import TrainConfig
+from landcover.inference.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -198,19 +198,24 @@ def test_predict_top_k_must_be_positive(tiny_model_dir, tmp_path):
 
 
 def test_pyproject_matches_requirements_and_ships_the_model():
-    """``pip install .`` gets the same dependency ranges as ``pip install -r requirements.txt``, the embedded model,
-    the card template, and a ``landcover`` command that is ``python -m landcover``."""
+    """``pip install .`` gets its dependencies from requirements.txt (one list), every subpackage, the embedded
+    model, the card template, and a ``landcover`` command that is ``python -m landcover``."""
     import importlib
     import tomllib
 
+    from setuptools import find_packages
+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    lines = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
-    assert sorted(project["project"]["dependencies"]) == sorted(line for line in lines if line)
+    assert "dependencies" in project["project"]["dynamic"] and "dependencies" not in project["project"]
+    assert project["tool"]["setuptools"]["dynamic"]["dependencies"] == {"file": ["requirements.txt"]}
+    found = set(find_packages(str(ROOT), **project["tool"]["setuptools"]["packages"]["find"]))
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "landcover").rglob("__init__.py")}
+    assert found == on_disk and {"landcover.scenes", "landcover.app", "landcover.core"} <= found
     module, _, function = project["project"]["scripts"]["landcover"].partition(":")
     from landcover.cli import main
     assert getattr(importlib.import_module(module), function) is main
     patterns = project["tool"]["setuptools"]["package-data"]["landcover"]
     shipped = {p.relative_to(ROOT / "landcover").as_posix() for pattern in patterns
                for p in (ROOT / "landcover").glob(pattern) if p.is_file()}
-    assert {"default_model/model.safetensors", "default_model/config.json", "templates/model_card.md"} <= shipped
+    assert {"default_model/model.safetensors", "default_model/config.json", "models/templates/model_card.md"} <= shipped
     assert project["project"]["license"] == "Apache-2.0" and "Apache License" in (ROOT / "LICENSE").read_text()

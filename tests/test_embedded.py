@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from landcover.hub import DEFAULT_MODEL_DIR
-from landcover.model import create_model, load_mapped_checkpoint
+from landcover.models.hub import DEFAULT_MODEL_DIR
+from landcover.models.factory import create_model, load_mapped_checkpoint
 
 
 def _renamed(state: dict) -> dict:
@@ -93,7 +93,7 @@ def test_default_model_examples_are_its_own_correct_test_patches():
     folder = _default_model_or_skip()
     from PIL import Image
 
-    from landcover.predict import Predictor
+    from landcover.inference.predictor import Predictor
 
     config = json.loads((folder / "config.json").read_text())
     examples = sorted((folder / "examples").iterdir())
@@ -128,7 +128,7 @@ def test_default_model_card_has_no_machine_paths():
 def test_default_model_accuracy_matches_its_card(real_eurosat):
     """Evaluate the shipped model on its own held-out files; the card's figure must hold (±0.3 points)."""
     folder = _default_model_or_skip()
-    from landcover.evaluate import evaluate_model
+    from landcover.inference.evaluate import evaluate_model
 
     stated = json.loads((folder / "metrics.json").read_text())["test"]["accuracy"]
     assert f"{stated:.4f}" in (folder / "README.md").read_text()

@@ -122,7 +122,7 @@ def inside_epoch_2(stderr: bytes) -> bool:
 def test_kill_9_mid_epoch_then_resume_equals_uninterrupted_run(dirty_data, reference_run, tmp_path):
     from safetensors.torch import load_file
 
-    from landcover.training import latest_checkpoint
+    from landcover.training.trainer import latest_checkpoint
 
     out = tmp_path / "killed"
     proc = subprocess.Popen(train_cmd(dirty_data, out), env=env(), cwd=ROOT, stdout=subprocess.PIPE,
@@ -255,7 +255,7 @@ def test_missing_dataset_folder(tmp_path):
 
 
 def test_wrong_class_names_lists_missing_and_unexpected(tmp_path):
-    from landcover.labels import EUROSAT_CLASSES
+    from landcover.core.labels import EUROSAT_CLASSES
 
     classes = [("Forrest" if c == "Forest" else c) for c in EUROSAT_CLASSES] + ["Desert"]
     data = write_imagefolder(tmp_path / "wrong", per_class=2, size=32, classes=classes)

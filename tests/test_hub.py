@@ -72,7 +72,7 @@ class _Recorder:
 
 
 def test_push_uploads_exactly_the_model_files(model_copy, monkeypatch):
-    from landcover.hub import push_folder
+    from landcover.models.hub import push_folder
 
     before = _tree_digest(model_copy)
     recorder = _Recorder()
@@ -113,7 +113,7 @@ def test_failed_push_keeps_folder_gives_retry_command_and_hides_token(model_copy
     import httpx2  # huggingface_hub's HTTP client
     from huggingface_hub.errors import HfHubHTTPError
 
-    from landcover.hub import PushError, push_folder, retry_command
+    from landcover.models.hub import PushError, push_folder, retry_command
 
     before = _tree_digest(model_copy)
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
@@ -137,7 +137,7 @@ def test_push_cli_offline_exits_nonzero_with_retry_command(model_copy):
     r = subprocess.run([sys.executable, "-m", "landcover", "push", str(model_copy), "org/eurosat-tiny",
                         "--private"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 3, r.stderr
-    from landcover.hub import retry_command
+    from landcover.models.hub import retry_command
     assert retry_command(model_copy.resolve(), "org/eurosat-tiny", private=True) in r.stderr
     assert FAKE_TOKEN not in r.stdout + r.stderr
     assert _tree_digest(model_copy) == before
@@ -145,7 +145,7 @@ def test_push_cli_offline_exits_nonzero_with_retry_command(model_copy):
 
 def _populate_cache(cache: Path, repo_id: str, folder: Path, commit: str, refs: dict[str, str]) -> Path:
     """A real HF cache entry: blobs named by sha256, snapshot files symlinked to them, refs/<branch>."""
-    from landcover.hub import MODEL_FILES
+    from landcover.models.hub import MODEL_FILES
     from huggingface_hub.utils import filter_repo_objects
 
     repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
@@ -166,8 +166,8 @@ def _populate_cache(cache: Path, repo_id: str, folder: Path, commit: str, refs: 
 
 _PULL = """
 import json, sys
-from landcover.predict import Predictor
-from landcover.hub import resolve_model_dir
+from landcover.inference.predictor import Predictor
+from landcover.models.hub import resolve_model_dir
 out = {}
 for ref in sys.argv[1:]:
     try:

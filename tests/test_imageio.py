@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from landcover.data import _decode_one
-from landcover.imageio import UploadError, decode_rgb8, open_image_file, open_upload
-from landcover.predict import pil_to_tensor
+from landcover.data.eurosat import _decode_one
+from landcover.readers.imageio import UploadError, decode_rgb8, open_image_file, open_upload
+from landcover.inference.predictor import pil_to_tensor
 
 
 def _png(image: Image.Image, **params) -> bytes:
@@ -110,7 +110,7 @@ def _sentinel2_patch(bands: int, seed: int = 0) -> np.ndarray:
 
 def test_multiband_16_bit_geotiffs_decode_like_map(tmp_path):
     """EuroSAT-MS's 13-band stacks (no descriptions) and described 3-band L2A patches take map's radiometry."""
-    from landcover.radiometry import to_eurosat_rgb8
+    from landcover.readers.radiometry import to_eurosat_rgb8
 
     stack = _sentinel2_patch(13)
     expected = to_eurosat_rgb8(stack)[0].transpose(1, 2, 0)  # what map does with a 13-band scene

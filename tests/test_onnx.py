@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from landcover.labels import EUROSAT_CLASSES
-from landcover.onnx_backend import CACHE_SUBDIR, SHIPPED_DIR, cache_path, read_manifest, user_cache_dir
-from landcover.predict import Predictor, load_predictor
+from landcover.core.labels import EUROSAT_CLASSES
+from landcover.inference.onnx_backend import CACHE_SUBDIR, SHIPPED_DIR, cache_path, read_manifest, user_cache_dir
+from landcover.inference.predictor import Predictor, load_predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def test_hub_snapshots_and_the_packaged_model_cache_in_the_user_dir(tmp_path, mo
 def test_efficientnet_lite0_onnx_matches_torch(tmp_path):
     import timm
 
-    from landcover.model import create_model
+    from landcover.models.factory import create_model
 
     folder = tmp_path / "lite0"
     torch.manual_seed(0)
@@ -154,7 +154,7 @@ def test_shipped_graphs_run_with_batch_norms_fused(shipped):
     optimised graph: no BatchNormalization or CastLike node is left for ONNX Runtime to trip over."""
     import onnx
 
-    from landcover.onnx_backend import fill_weights
+    from landcover.inference.onnx_backend import fill_weights
 
     float_graph = read_manifest(shipped)["graphs"]["float"]
     raw = onnx.load(str(shipped / SHIPPED_DIR / float_graph["file"]))

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from landcover.batching import MicroBatcher
-from landcover.predict import Predictor
+from landcover.inference.batching import MicroBatcher
+from landcover.inference.predictor import Predictor
 
 
 def _images(n: int, size: int = 32, seed: int = 0) -> list[Image.Image]:
@@ -68,7 +68,7 @@ def test_channels_last_gives_the_same_probabilities(tiny_model_dir, predictor):
 
 def _symmetries(batch: torch.Tensor, codes) -> list[torch.Tensor]:
     """An independent numbering: rot90 by ``g % 4``, then a horizontal flip when ``g >= 4``. Its sets (0, 4),
-    (0, 2, 4, 6) and 0..7 are the same subgroups as those codes in landcover.transforms' bit numbering."""
+    (0, 2, 4, 6) and 0..7 are the same subgroups as those codes in landcover.data.transforms' bit numbering."""
     views = [torch.rot90(batch, g % 4, dims=(-2, -1)) for g in codes]
     return [(torch.flip(v, dims=(-1,)) if g >= 4 else v).contiguous() for g, v in zip(codes, views)]
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from landcover import radiometry as rm
+from landcover.readers import radiometry as rm
 
 
 def scene_rgb8(seed: int = 0, size: int = 96) -> np.ndarray:

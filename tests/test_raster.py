@@ -14,9 +14,10 @@ import pytest
 from affine import Affine
 from PIL import Image
 
-from landcover import change, export, mapping, radiometry, raster, render
-from landcover.labels import EUROSAT_CLASSES, PATCH_SIZE_PX
-from landcover.predict import Predictor
+from landcover.readers import radiometry, raster
+from landcover.scenes import change, export, mapping, render
+from landcover.core.labels import EUROSAT_CLASSES, PATCH_SIZE_PX
+from landcover.inference.predictor import Predictor
 from test_scene import make_classes, make_mosaic, run_cli, swapped_pair
 
 P = PATCH_SIZE_PX

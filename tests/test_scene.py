@@ -17,9 +17,10 @@ from affine import Affine
 from PIL import Image
 
 from datagen import class_patch
-from landcover import change, export, mapping, radiometry, raster, render
-from landcover.labels import CLASS_COLOURS, EUROSAT_CLASSES, PATCH_SIZE_PX
-from landcover.predict import Predictor
+from landcover.readers import radiometry, raster
+from landcover.scenes import change, export, mapping, render
+from landcover.core.labels import CLASS_COLOURS, EUROSAT_CLASSES, PATCH_SIZE_PX
+from landcover.inference.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 P = PATCH_SIZE_PX
@@ -291,7 +292,7 @@ def test_app_tabs_over_http(predictor, tmp_path):
     import gradio as gr
     from gradio_client import Client, handle_file
 
-    from landcover.ui_scene import add_scene_tabs
+    from landcover.app.scene_tabs import add_scene_tabs
 
     classes = make_classes(2, 5, seed=13)
     before, after, _ = swapped_pair(classes, seed=14)
@@ -328,7 +329,7 @@ def test_real_mosaic_tile_accuracy_matches_patch_accuracy(real_eurosat, tmp_path
     Maps run one pass per tile (no TTA), so they are compared with the same patches classified one by
     one in one pass, and with the single-pass test accuracy recorded in the model's metrics.json.
     """
-    from landcover.hub import DEFAULT_MODEL_DIR
+    from landcover.models.hub import DEFAULT_MODEL_DIR
 
     if not (DEFAULT_MODEL_DIR / "config.json").is_file():
         pytest.skip("the embedded default model is not there yet")

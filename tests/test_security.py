@@ -90,8 +90,8 @@ def safe_folder(tmp_path_factory) -> Path:
     """A minimal model folder (timm config.json + model.safetensors) of an untrained test_resnet."""
     import timm
 
-    from landcover.labels import EUROSAT_CLASSES
-    from landcover.model import create_model
+    from landcover.core.labels import EUROSAT_CLASSES
+    from landcover.models.factory import create_model
 
     folder = tmp_path_factory.mktemp("safe-model")
     model = create_model("test_resnet", num_classes=10, image_size=32, label_names=EUROSAT_CLASSES)
@@ -126,8 +126,8 @@ def test_crafted_pickle_really_runs_code_when_loaded_unsafely(tmp_path, marker):
 
 
 def test_predictor_refuses_pickle_only_folder(pickle_folder, marker):
-    from landcover.hub import UnsafeWeightsError
-    from landcover.predict import Predictor
+    from landcover.models.hub import UnsafeWeightsError
+    from landcover.inference.predictor import Predictor
 
     with pytest.raises(UnsafeWeightsError, match="only pickled weights .*refused.*model.safetensors"):
         Predictor.load(str(pickle_folder))
@@ -135,7 +135,7 @@ def test_predictor_refuses_pickle_only_folder(pickle_folder, marker):
 
 
 def test_safetensors_win_over_a_pickle_next_to_them(safe_folder, marker, tmp_path):
-    from landcover.predict import Predictor
+    from landcover.inference.predictor import Predictor
 
     folder = tmp_path / "both"
     shutil.copytree(safe_folder, folder)
@@ -174,7 +174,7 @@ def test_hub_downloads_and_uploads_never_include_pickles():
     """Pull and push filter repo files the way huggingface_hub does, with the same patterns."""
     from huggingface_hub.utils import filter_repo_objects
 
-    from landcover.hub import MODEL_FILES, PICKLE_SUFFIXES, PUSH_IGNORE
+    from landcover.models.hub import MODEL_FILES, PICKLE_SUFFIXES, PUSH_IGNORE
 
     unsafe = [f"pytorch_model{s}" for s in PICKLE_SUFFIXES] + ["checkpoints/epoch_0001/optimizer.bin",
                                                                 "checkpoints/epoch_0001/model.safetensors",
@@ -213,8 +213,8 @@ def pushed_run(data, tmp_path_factory) -> tuple[Path, subprocess.CompletedProces
 
 
 def test_train_push_without_network_keeps_model_and_prints_retry(pushed_run):
-    from landcover.hub import retry_command
-    from landcover.predict import Predictor
+    from landcover.models.hub import retry_command
+    from landcover.inference.predictor import Predictor
 
     out, r = pushed_run
     assert r.returncode == 3, r.stderr[-3000:]
@@ -251,7 +251,7 @@ def model_copy(safe_folder, tmp_path) -> Path:
 
 
 def test_push_offline_leaves_folder_intact(model_copy):
-    from landcover.hub import retry_command
+    from landcover.models.hub import retry_command
 
     before = tree_digest(model_copy)
     r = run(["-m", "landcover", "push", str(model_copy), REPO, "--private"], HF_HUB_OFFLINE="1")
@@ -290,7 +290,7 @@ def rejecting_hub():
 
 
 def test_push_with_bad_token_leaves_folder_intact_and_hides_token(model_copy, rejecting_hub):
-    from landcover.hub import retry_command
+    from landcover.models.hub import retry_command
 
     before = tree_digest(model_copy)
     r = run(["-m", "landcover", "push", str(model_copy), REPO, "--revision", "v1"], HF_TOKEN=FAKE_TOKEN,

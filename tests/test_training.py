@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from datagen import write_imagefolder
-from landcover.config import TrainConfig
-from landcover.model_folder import save_model_folder
-from landcover.labels import EUROSAT_CLASSES
-from landcover.training import CheckpointError, build_model, latest_checkpoint, load_teacher, read_trainer_state, train
-from landcover.model import data_config
-from landcover.transforms import preprocess
+from landcover.core.config import TrainConfig
+from landcover.training.model_folder import save_model_folder
+from landcover.core.labels import EUROSAT_CLASSES
+from landcover.training.trainer import CheckpointError, build_model, latest_checkpoint, load_teacher, read_trainer_state, train
+from landcover.models.factory import data_config
+from landcover.data.transforms import preprocess
 
 TINY = dict(model="test_resnet", pretrained=False, image_size=32, batch_size=16, lr=3e-3, log_every=5,
             examples=False)

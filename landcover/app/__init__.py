@@ -1,0 +1,1 @@
+"""The Gradio app: the Blocks UI, the scene tabs, the REST routes."""

@@ -1,0 +1,1 @@
+"""Datasets and batched transforms: EuroSAT loading and splits, preprocessing and augmentation."""

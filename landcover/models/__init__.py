@@ -1,0 +1,1 @@
+"""Models: the timm factory, model references and the Hub, the model card."""

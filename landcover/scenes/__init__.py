@@ -1,0 +1,1 @@
+"""Whole scenes: tiling and mapping, change between dates, rendering, GIS exports."""

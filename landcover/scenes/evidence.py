@@ -1,0 +1,108 @@
+"""Spectral evidence per map cell, and its fusion with the CNN's class probabilities.
+
+An RGB patch classifier trained on one season of EuroSAT cannot tell turquoise or sediment-laden water from
+forest, nor dark winter conifers from lakes: in RGB they look alike. Most scenes users map carry more than RGB,
+and open water is the one class that physics separates cleanly:
+
+* **Water** (per pixel): the normalised difference water index NDWI = (G - NIR) / (G + NIR) > 0 (McFeeters
+  1996): water absorbs near-infrared, every land cover reflects more NIR than green. With SWIR (B11) the pixel
+  must also have MNDWI = (G - SWIR) / (G + SWIR) > 0 (Xu 2006), which keeps bright built-up surfaces, whose
+  NDWI can creep above 0, out. Both thresholds are the published ones, not fitted here.
+* **Vegetation** (per cell, reported): the mean NDVI = (NIR - R) / (NIR + R).
+
+Fusion (:func:`fuse`), per cell of ``stride`` px, with ``w`` the share of its valid pixels that are water:
+
+* ``w >= WATER_MAJORITY``: the cell is water; the CNN only chooses between the water classes (River, SeaLake),
+  in its own proportions (SeaLake where it gives them no weight at all);
+* ``w <= WATER_TRACE``: the cell is land; water classes get no probability and the rest is renormalised;
+* in between (shores, river banks, mixed cells): the CNN's probabilities as they are.
+
+The probabilities stay the CNN's calibrated ones where the evidence is silent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+WATER_CLASSES = ("River", "SeaLake")
+WATER_MAJORITY = 0.5  # a cell at least half water pixels is water (majority rule)
+WATER_TRACE = 0.05  # a cell with at most 5 % water pixels (a few mixed edge pixels) is land
+EVIDENCE_MODES = ("auto", "rgb")
+
+
+@dataclass(frozen=True)
+class CellEvidence:
+    """Per-cell spectral evidence of a block: shares in 0..1, NaN where a cell has no valid pixel."""
+
+    water: np.ndarray  # float32 (rows, cols): share of water pixels
+    ndvi: np.ndarray  # float32 (rows, cols): mean NDVI
+
+
+def water_pixels(reflectance: dict[str, np.ndarray]) -> np.ndarray:
+    """bool ``(H, W)``: NDWI > 0, and MNDWI > 0 where SWIR is there (see the module docstring)."""
+    green, nir = reflectance["green"], reflectance["nir"]
+    water = green > nir  # NDWI > 0 without the division (both reflectances are positive where valid)
+    if "swir16" in reflectance:
+        water &= green > reflectance["swir16"]
+    return water
+
+
+def ndvi(reflectance: dict[str, np.ndarray]) -> np.ndarray:
+    red, nir = reflectance["red"], reflectance["nir"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(nir + red > 0, (nir - red) / (nir + red), 0.0).astype(np.float32)
+
+
+def cell_evidence(reflectance: dict[str, np.ndarray], valid: np.ndarray, stride: int) -> CellEvidence:
+    """Evidence of every whole ``stride`` x ``stride`` cell of a block (``valid``: bool pixels to count)."""
+    h, w = valid.shape[0] // stride, valid.shape[1] // stride
+
+    def cells(a: np.ndarray) -> np.ndarray:
+        return a[:h * stride, :w * stride].reshape(h, stride, w, stride).sum(axis=(1, 3), dtype=np.float32)
+
+    n = cells(valid)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        water = cells(water_pixels(reflectance) & valid) / n
+        veg = cells(np.where(valid, ndvi(reflectance), 0.0)) / n
+    return CellEvidence(water.astype(np.float32), veg.astype(np.float32))
+
+
+def fuse(probs: np.ndarray, labels: Sequence[str], water: np.ndarray,
+         majority: float = WATER_MAJORITY, trace: float = WATER_TRACE) -> np.ndarray:
+    """Class probabilities ``(C, rows, cols)`` after the water rule of the module docstring (a new array).
+
+    ``water`` is the per-cell share of water pixels (NaN: no evidence, probabilities kept).
+    """
+    is_water = np.array([name in WATER_CLASSES for name in labels])
+    if not is_water.any() or is_water.all():
+        return probs.copy()
+    out = probs.astype(np.float32, copy=True)
+    wet = np.nan_to_num(water, nan=-1.0) >= majority
+    dry = np.nan_to_num(water, nan=2.0) <= trace
+    water_mass = out[is_water].sum(axis=0)
+    land_mass = out[~is_water].sum(axis=0)
+    # Wet cells: only water classes, in the CNN's proportions (SeaLake where it gave water nothing).
+    fallback = np.array([name == "SeaLake" for name in labels], dtype=np.float32)
+    if not fallback.any():
+        fallback = is_water.astype(np.float32) / is_water.sum()
+    share = np.where(water_mass[None] > 1e-6, out / np.maximum(water_mass, 1e-12)[None], fallback[:, None, None])
+    out = np.where(wet[None], np.where(is_water[:, None, None], share, 0.0), out)
+    # Dry cells: no water; the land classes keep their proportions.
+    land_share = np.where(land_mass[None] > 1e-6, out / np.maximum(land_mass, 1e-12)[None], 0.0)
+    dry_ok = dry & ~wet & (land_mass > 1e-6)
+    out = np.where(dry_ok[None], np.where(is_water[:, None, None], 0.0, land_share), out)
+    return out.astype(np.float32)
+
+
+def evidence_note(names: Optional[Sequence[str]], scl: bool) -> str:
+    """One line for the legend, the JSON and the GeoTIFF tags: which evidence the map used."""
+    parts = ["CNN on RGB"]
+    if names:
+        index = "NDWI and MNDWI" if "swir16" in names else "NDWI"
+        parts.append(f"water from {index} (bands {', '.join(['green', *names])})")
+    if scl:
+        parts.append("SCL masks")
+    return "; ".join(parts)

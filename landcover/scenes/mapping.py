@@ -1,0 +1,289 @@
+"""Tiling a scene, classifying the tiles, and the per-cell map with its areas.
+
+Conventions (documented once, used everywhere):
+
+* **Grid cells.** The map is a grid of ``stride x stride`` px cells; cell ``(i, j)`` covers pixels
+  starting at ``(i*stride, j*stride)`` (row, column). At ``stride == 64`` a cell is one tile. With a
+  smaller stride, tiles overlap and a cell's class probabilities are the *mean over every tile covering
+  it* -- the same as averaging per pixel, since all pixels of a cell are covered by the same tiles.
+* **Edges.** Only whole tiles are classified; the last ``< stride`` px at the bottom/right edge (if any)
+  are "not classified", drawn white, written as nodata (255) and left out of the area table.
+* **Masks.** A cell more than ``max_masked`` (default half) covered by masked pixels (input nodata; SCL
+  no-data, saturated/defective, cloud shadow, cloud, thin cirrus: see :mod:`landcover.readers.raster`) is not
+  classified: it is counted under its majority mask reason, apart from the classes. Tiles whose cells
+  are all masked are not even run through the model.
+* **Areas.** Pixel area comes from the scene's grid (after resampling to 10 m, see
+  :mod:`landcover.readers.raster`); without a georeference 10 m/px is assumed, and the result says so.
+
+Memory is bounded by the read block, not the scene: the scene is read in blocks of ``BLOCK_PX`` rows
+(whole tile rows, full width), tiles are cut from a block as strided views, and classified
+``batch_size`` at a time in :func:`classify_tiles`; only the per-cell probability grid (``C x 4`` bytes
+per cell) grows with the scene.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Iterator, Optional
+
+import numpy as np
+
+from landcover.core.labels import PATCH_SIZE_PX
+from landcover.readers.raster import MASK_REASONS, Scene
+from landcover.scenes.evidence import EVIDENCE_MODES, CellEvidence, cell_evidence, evidence_note, fuse
+
+if TYPE_CHECKING:
+    from landcover.inference.predictor import Predictor
+
+BLOCK_PX = 1024  # rows of pixels read at once (rounded to whole tile rows)
+MAX_MASKED = 0.5  # a cell more than half masked is not classified
+
+
+def tile_grid(height: int, width: int, patch: int = PATCH_SIZE_PX, stride: int = PATCH_SIZE_PX) -> tuple[int, int]:
+    """Number of whole tiles (rows, cols) of ``patch`` px at ``stride`` px that fit in the scene."""
+    if not (1 <= stride <= patch and patch % stride == 0):
+        valid = ", ".join(str(s) for s in range(patch, 0, -1) if patch % s == 0)
+        raise ValueError(f"--stride must divide the patch size {patch} px (one of {valid}), got {stride}.")
+    if height < patch or width < patch:
+        raise ValueError(f"The scene is {width}x{height} px; a scene map needs at least {patch}x{patch} px (one "
+                         f"EuroSAT patch at 10 m/px). Classify a single patch with `python -m landcover predict`.")
+    return (height - patch) // stride + 1, (width - patch) // stride + 1
+
+
+@dataclass
+class MapOptions:
+    """How a scene is mapped: the options of ``landcover map`` (and of the app's scene tab)."""
+
+    stride: int = PATCH_SIZE_PX  # tile step in px; must divide the patch size (64). Smaller = finer, more tiles
+    batch_size: int = 256  # tiles per forward pass (bounds memory)
+    progress: Optional[bool] = None  # tqdm bar on stderr (default: when there are more than 4 batches)
+    # Flips/rotations of every tile (True: the model's mode or d4, or a mode name; up to 8x the compute). Off by
+    # default for scenes whatever the model's config says: overlapping strides already average neighbouring views.
+    tta: "bool | str" = False
+    max_masked: float = MAX_MASKED  # share of a cell's pixels that may be masked before it is left out
+    evidence: str = "auto"  # "auto": every band the scene has (see landcover.scenes.evidence); "rgb": CNN alone
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}.")
+        if self.evidence not in EVIDENCE_MODES:
+            raise ValueError(f"--evidence must be one of {', '.join(EVIDENCE_MODES)}, got {self.evidence!r}.")
+
+
+@dataclass
+class Block:
+    """Tile rows ``i0 .. i0 + n_rows - 1`` of a scene: tiles as strided views, and cell mask reasons."""
+
+    i0: int
+    tiles: np.ndarray  # uint8 view (n_rows, cols, 3, patch, patch)
+    cell_rows: slice  # the cell rows whose masks this block holds
+    cell_reason: np.ndarray  # uint8 (len(cell_rows), cell cols): 0 = classified, else 1 + MASK_REASONS index
+    evidence: Optional[CellEvidence] = None  # spectral evidence of the same cells, when the scene has it
+
+
+def iter_blocks(scene: Scene, stride: int, patch: int = PATCH_SIZE_PX, block_px: int = BLOCK_PX,
+                max_masked: float = MAX_MASKED, evidence: bool = False) -> Iterator[Block]:
+    """Read the scene in blocks of whole tile rows (full width) and cut them into tiles (no copy)."""
+    rows, cols = tile_grid(scene.height, scene.width, patch, stride)
+    k = patch // stride
+    n_cells_c = cols + k - 1
+    step = max(1, (block_px - patch) // stride + 1)  # tile rows per block
+    for i0 in range(0, rows, step):
+        n = min(step, rows - i0)
+        top, height = i0 * stride, (n - 1) * stride + patch
+        width = (cols - 1) * stride + patch
+        rgb, code, reflectance = scene.read_block(top, 0, height, width)
+        view = np.lib.stride_tricks.sliding_window_view(rgb, (patch, patch), axis=(1, 2))[:, ::stride, ::stride]
+        tiles = view.transpose(1, 2, 0, 3, 4)  # (n, cols, 3, patch, patch)
+        last = i0 + n == rows
+        n_cell_rows = n + (k - 1 if last else 0)  # the bottom block also owns the last k - 1 cell rows
+        cell_code = code[:n_cell_rows * stride, :n_cells_c * stride]
+        cells = None
+        if evidence and reflectance is not None:
+            cells = cell_evidence({k: v[:n_cell_rows * stride, :n_cells_c * stride] for k, v in reflectance.items()},
+                                  cell_code == 0, stride)
+        yield Block(i0, tiles, slice(i0, i0 + n_cell_rows), cell_reasons(cell_code, stride, max_masked), cells)
+
+
+def cell_reasons(code: np.ndarray, stride: int, max_masked: float = MAX_MASKED) -> np.ndarray:
+    """uint8 per cell: 0 when at most ``max_masked`` of its pixels are masked, else the majority reason."""
+    h, w = code.shape[0] // stride, code.shape[1] // stride
+    cells = code[:h * stride, :w * stride].reshape(h, stride, w, stride)
+    counts = np.stack([(cells == r).sum(axis=(1, 3)) for r in range(1, len(MASK_REASONS) + 1)])
+    masked = counts.sum(axis=0) > max_masked * stride * stride
+    return np.where(masked, counts.argmax(axis=0) + 1, 0).astype(np.uint8)
+
+
+def classify_tiles(predictor: "Predictor", tiles: np.ndarray, batch_size: int, tta: "bool | str" = False
+                   ) -> np.ndarray:
+    """float32 ``(n, C)`` probabilities of uint8 tiles ``(n, 3, patch, patch)``: the one call into the model."""
+    import torch
+
+    return predictor.predict_tensor(torch.from_numpy(np.ascontiguousarray(tiles)), batch_size=batch_size,
+                                    tta=tta).numpy()
+
+
+@dataclass
+class SceneMap:
+    """Per-cell class probabilities of a scene, its masks, and what is needed to measure and draw them."""
+
+    labels: list[str]
+    probs: np.ndarray  # float32 (C, rows, cols): mean probability over the tiles covering each cell
+    stride: int
+    patch_size: int
+    height: int
+    width: int
+    pixel_area_m2: float
+    pixel_size_source: str
+    crs: Optional[object] = None
+    transform: Optional[object] = None
+    source: str = ""
+    band_note: str = ""
+    reason: Optional[np.ndarray] = None  # uint8 (rows, cols): 0 classified, else 1 + MASK_REASONS index
+    scene_info: dict = field(default_factory=dict)  # Scene.describe(): radiometry, resampling, warnings
+    evidence_note: str = "CNN on RGB"  # which evidence decided the classes (landcover.scenes.evidence)
+    evidence: dict = field(default_factory=dict)  # per-cell layers (e.g. "water", "ndvi"), float32 (rows, cols)
+
+    def __post_init__(self) -> None:
+        if self.reason is None:
+            self.reason = np.zeros(self.probs.shape[1:], dtype=np.uint8)
+
+    @property
+    def grid(self) -> np.ndarray:
+        """int ``(rows, cols)`` class index per cell (meaningful where :attr:`classified`)."""
+        return self.probs.argmax(axis=0)
+
+    @property
+    def classified(self) -> np.ndarray:
+        """bool ``(rows, cols)``: cells that were classified (not masked)."""
+        return self.reason == 0
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """float ``(rows, cols)`` probability of the chosen class per cell (0 where masked)."""
+        return np.where(self.classified, self.probs.max(axis=0), 0.0)
+
+    @property
+    def cell_area_km2(self) -> float:
+        return self.stride ** 2 * self.pixel_area_m2 / 1e6
+
+    def area_table(self) -> dict[str, dict[str, float]]:
+        """``{label: {"cells", "percent", "km2"}}`` over the classified cells (percent sums to 100)."""
+        counts = np.bincount(self.grid[self.classified], minlength=len(self.labels))
+        total = max(int(counts.sum()), 1)
+        return {name: {"cells": int(c), "percent": 100.0 * int(c) / total, "km2": int(c) * self.cell_area_km2}
+                for name, c in zip(self.labels, counts)}
+
+    def masked_table(self) -> dict[str, dict[str, float]]:
+        """``{reason: {"cells", "km2"}}`` of the cells left out by masks (only reasons that occur)."""
+        counts = np.bincount(self.reason.ravel(), minlength=len(MASK_REASONS) + 1)[1:]
+        return {name: {"cells": int(c), "km2": int(c) * self.cell_area_km2}
+                for name, c in zip(MASK_REASONS, counts) if c}
+
+    def named_grid(self) -> list[list[str]]:
+        """Rows of class names per cell; masked cells read ``"masked: <reason>"``."""
+        names = np.array(list(self.labels) + [f"masked: {r}" for r in MASK_REASONS], dtype=object)
+        shown = np.where(self.classified, self.grid, len(self.labels) + self.reason.astype(np.int64) - 1)
+        return names[shown].tolist()
+
+    def to_json(self) -> dict:
+        """The ``--json`` object: grid and confidence (rows x cols), areas, masks, radiometry, metadata."""
+        table = self.area_table()
+        rows, cols = self.grid.shape
+        classified = self.classified
+        return {
+            "scene": self.source,
+            "scene_size": [self.height, self.width],
+            "patch_size": self.patch_size,
+            "stride": self.stride,
+            "rows": rows,
+            "cols": cols,
+            "labels": self.labels,
+            "grid": self.named_grid(),
+            "confidence": np.round(self.confidence, 4).tolist(),
+            "area_percent": {k: round(v["percent"], 4) for k, v in table.items()},
+            "area_km2": {k: round(v["km2"], 6) for k, v in table.items()},
+            "classified_km2": round(int(classified.sum()) * self.cell_area_km2, 6),
+            "masked_km2": {k: round(v["km2"], 6) for k, v in self.masked_table().items()},
+            "masked_cells": {k: v["cells"] for k, v in self.masked_table().items()},
+            "pixel_area_m2": self.pixel_area_m2,
+            "pixel_size_source": self.pixel_size_source,
+            "crs": self.crs.to_string() if self.crs is not None else None,
+            "transform": list(self.transform)[:6] if self.transform is not None else None,
+            "bands": self.band_note or None,
+            "evidence": self.evidence_note,
+            "radiometry": self.scene_info.get("radiometry"),
+            "resampled": self.scene_info.get("resampled"),
+            "warnings": self.scene_info.get("warnings", []),
+        }
+
+
+def map_scene(predictor: "Predictor", scene: Scene, options: Optional[MapOptions] = None, **overrides
+              ) -> SceneMap:
+    """Classify every tile of ``scene``, average overlapping tiles per cell, and fuse spectral evidence.
+
+    Args:
+        predictor: A loaded :class:`~landcover.inference.predictor.Predictor` (``predict_tensor``, ``labels``).
+        scene: From :func:`landcover.readers.raster.open_scene`.
+        options: :class:`MapOptions` (default: its defaults); ``overrides`` replace single fields
+            (``map_scene(p, scene, stride=16)``).
+
+    Returns:
+        A :class:`SceneMap` with ``(C, rows, cols)`` cell probabilities and per-cell mask reasons. Where the
+        scene has NIR (and SWIR) reflectance and ``options.evidence`` is ``auto``, the probabilities are the
+        CNN's after :func:`landcover.scenes.evidence.fuse`.
+    """
+    from tqdm.auto import tqdm
+
+    options = replace(options or MapOptions(), **overrides)
+    stride, batch_size, patch = options.stride, options.batch_size, PATCH_SIZE_PX
+    rows, cols = tile_grid(scene.height, scene.width, patch, stride)
+    k = patch // stride  # tiles covering a cell along each axis (away from the edges)
+    n_labels = len(predictor.labels)
+    acc = np.zeros((n_labels, rows + k - 1, cols + k - 1), dtype=np.float32)
+    reason = np.zeros(acc.shape[1:], dtype=np.uint8)
+    use_evidence = options.evidence == "auto" and scene.has_spectral
+    layers = {name: np.full(acc.shape[1:], np.nan, dtype=np.float32) for name in ("water", "ndvi")} \
+        if use_evidence else {}
+    kept = np.zeros((rows, cols), dtype=bool)  # tiles run through the model
+    show = options.progress if options.progress is not None else rows * cols > 4 * batch_size
+    bar = tqdm(total=rows * cols, unit="tile", desc="mapping", disable=not show, file=sys.stderr)
+    for block in iter_blocks(scene, stride, patch, max_masked=options.max_masked, evidence=use_evidence):
+        reason[block.cell_rows] = block.cell_reason
+        if block.evidence is not None:
+            layers["water"][block.cell_rows] = block.evidence.water
+            layers["ndvi"][block.cell_rows] = block.evidence.ndvi
+        n = block.tiles.shape[0]
+        # A tile is worth classifying when any of the k x k cells it covers is not masked.
+        free = reason[block.i0:block.i0 + n + k - 1] == 0
+        windows = np.lib.stride_tricks.sliding_window_view(free, (k, k))[:n, :cols]
+        keep = windows.any(axis=(2, 3))
+        kept[block.i0:block.i0 + n] = keep
+        ii, jj = np.nonzero(keep)
+        for s in range(0, len(ii), batch_size):
+            bi, bj = ii[s:s + batch_size], jj[s:s + batch_size]
+            probs = classify_tiles(predictor, block.tiles[bi, bj], batch_size, options.tta).T  # (C, n)
+            for di in range(k):  # (row, col) pairs are distinct within a batch, so plain += is exact
+                for dj in range(k):
+                    acc[:, block.i0 + bi + di, bj + dj] += probs
+        bar.update(n * cols)
+    bar.close()
+    acc /= np.maximum(_covered(kept, k), 1)[None]
+    if use_evidence:
+        acc = fuse(acc, predictor.labels, layers["water"])
+    info = scene.describe()
+    return SceneMap(list(predictor.labels), acc, stride, patch, scene.height, scene.width, scene.grid.pixel_area_m2,
+                    scene.grid.pixel_size_source, scene.grid.crs, scene.grid.transform, scene.source,
+                    scene.radiometry.band_note, reason, info,
+                    evidence_note(scene.spectral_names if use_evidence else None, scene.scl is not None), layers)
+
+
+def _covered(kept: np.ndarray, k: int) -> np.ndarray:
+    """float32 ``(rows + k - 1, cols + k - 1)``: how many classified tiles cover each cell."""
+    rows, cols = kept.shape
+    counts = np.zeros((rows + k - 1, cols + k - 1), dtype=np.float32)
+    for di in range(k):
+        for dj in range(k):
+            counts[di:di + rows, dj:dj + cols] += kept
+    return counts

@@ -1,0 +1,184 @@
+"""Scoring a scene map against an independent land-cover reference (vector polygons or a class raster).
+
+Both sides are collapsed onto four classes that EuroSAT's ten and common reference legends share
+(:data:`REFERENCE_CLASSES`): Forest, Grass/crop, Urban, Water. The reference is rasterized on the scene's own
+10 m grid (the grid the map was made on), and every map cell (``stride x stride`` px) whose pixels are at least
+``purity`` one reference class is scored. A cell the map left out (masked, uncertain) counts as a miss: being
+unsure is better than being wrong, but right is the goal.
+
+Crosswalks (reference value -> reference class; anything else is unscored):
+
+* :data:`OSM_CROSSWALK` for OpenStreetMap land-use / water polygons (``fclass``): forest; farm, meadow, grass,
+  scrub; residential; water. Wetland is unscored (EuroSAT has no such class).
+* :data:`WORLDCOVER_CROSSWALK` for ESA WorldCover 10 m rasters: 10 tree cover; 20 shrubland, 30 grassland,
+  40 cropland; 50 built-up; 80 permanent water. Bare, snow, wetland, mangroves and moss are unscored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+REFERENCE_CLASSES = ("Forest", "Grass/crop", "Urban", "Water")
+EUROSAT_TO_REFERENCE = {
+    "Forest": "Forest",
+    "AnnualCrop": "Grass/crop", "PermanentCrop": "Grass/crop", "Pasture": "Grass/crop",
+    "HerbaceousVegetation": "Grass/crop",
+    "Residential": "Urban", "Industrial": "Urban", "Highway": "Urban",
+    "River": "Water", "SeaLake": "Water",
+}
+OSM_CROSSWALK = {"forest": "Forest", "farm": "Grass/crop", "meadow": "Grass/crop", "grass": "Grass/crop",
+                 "scrub": "Grass/crop", "residential": "Urban", "water": "Water"}
+WORLDCOVER_CROSSWALK = {10: "Forest", 20: "Grass/crop", 30: "Grass/crop", 40: "Grass/crop", 50: "Urban",
+                        80: "Water"}
+CROSSWALKS = {"osm": OSM_CROSSWALK, "worldcover": WORLDCOVER_CROSSWALK}
+# The scoring rule of the development scene's README: a cell is scored when >= 75 % of it is one reference class.
+DEFAULT_PURITY = 0.75
+UNLABELLED = 0  # reference raster value of pixels without a scored class (1 + REFERENCE_CLASSES index otherwise)
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The pixel grid a reference is rasterized on: the scene's 10 m grid."""
+
+    height: int
+    width: int
+    crs: object  # rasterio CRS
+    transform: object  # affine.Affine
+
+
+def map_to_reference(labels: Sequence[str]) -> np.ndarray:
+    """int array: reference class index (0..3) of each model label, -1 for labels without one."""
+    index = {name: i for i, name in enumerate(REFERENCE_CLASSES)}
+    return np.array([index.get(EUROSAT_TO_REFERENCE.get(name, ""), -1) for name in labels], dtype=np.int64)
+
+
+def rasterize_reference(path: str | Path, grid: GridSpec, crosswalk: Mapping, field_name: str = "fclass"
+                        ) -> np.ndarray:
+    """uint8 ``(height, width)``: ``1 + REFERENCE_CLASSES`` index per pixel, :data:`UNLABELLED` elsewhere.
+
+    ``path`` is a vector file GDAL reads (GeoPackage, GeoJSON, Shapefile; ``field_name`` holds the class) or a
+    single-band class raster (GeoTIFF; its values are looked up in ``crosswalk``), in any CRS.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Reference {str(path)!r} does not exist; expected a vector file (GeoPackage, "
+                                f"GeoJSON) or a class raster (GeoTIFF).")
+    if path.suffix.lower() in (".tif", ".tiff", ".vrt"):
+        return _raster_reference(path, grid, crosswalk)
+    return _vector_reference(path, grid, crosswalk, field_name)
+
+
+def _vector_reference(path: Path, grid: GridSpec, crosswalk: Mapping, field_name: str) -> np.ndarray:
+    import pyogrio
+    import shapely
+    from rasterio.features import rasterize
+    from rasterio.warp import transform_geom
+
+    meta, _, geometries, fields = pyogrio.raw.read(str(path))
+    names = list(meta["fields"])
+    if field_name not in names:
+        raise ValueError(f"The reference {path.name} has no field {field_name!r}; its fields are {names}. "
+                         f"Pass the field that holds the land-cover class.")
+    values = fields[names.index(field_name)]
+    source_crs = meta.get("crs")
+    target_crs = grid.crs.to_string() if hasattr(grid.crs, "to_string") else str(grid.crs)
+    shapes = []
+    for wkb, value in zip(geometries, values):
+        name = crosswalk.get(value)
+        if name is None or wkb is None:
+            continue
+        geom = shapely.from_wkb(wkb).__geo_interface__
+        if source_crs and source_crs != target_crs:
+            geom = transform_geom(source_crs, target_crs, geom)
+        shapes.append((geom, 1 + REFERENCE_CLASSES.index(name)))
+    if not shapes:
+        raise ValueError(f"No polygon of {path.name} has a scored class; values of {field_name!r} expected "
+                         f"among {sorted(crosswalk)}.")
+    # Later shapes overwrite earlier ones; polygons of one class rarely overlap another in these references.
+    return rasterize(shapes, out_shape=(grid.height, grid.width), transform=grid.transform, fill=UNLABELLED,
+                     dtype="uint8")
+
+
+def _raster_reference(path: Path, grid: GridSpec, crosswalk: Mapping) -> np.ndarray:
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    with rasterio.open(path) as ds, WarpedVRT(ds, crs=grid.crs, transform=grid.transform, width=grid.width,
+                                              height=grid.height, resampling=Resampling.nearest) as vrt:
+        values = vrt.read(1)
+    lut = np.zeros(max(256, int(values.max()) + 1), dtype=np.uint8)
+    for value, name in crosswalk.items():
+        lut[int(value)] = 1 + REFERENCE_CLASSES.index(name)
+    return lut[values]
+
+
+@dataclass
+class Score:
+    """Cell-level agreement of a map with a reference (see the module docstring for the rule)."""
+
+    confusion: np.ndarray  # int (4, 5): reference class x mapped class, last column = not classified
+    left_out: int = 0  # scored cells the map did not classify (masked / uncertain): misses
+    classes: tuple = REFERENCE_CLASSES
+    notes: list = field(default_factory=list)
+
+    @property
+    def cells(self) -> int:
+        return int(self.confusion.sum())
+
+    @property
+    def agreement(self) -> float:
+        return float(np.trace(self.confusion[:, :4]) / max(self.cells, 1))
+
+    @property
+    def recall(self) -> dict[str, Optional[float]]:
+        rows = self.confusion.sum(axis=1)
+        return {c: (float(self.confusion[i, i] / rows[i]) if rows[i] else None) for i, c in enumerate(self.classes)}
+
+    @property
+    def balanced(self) -> float:
+        """Mean recall over the reference classes present."""
+        present = [r for r in self.recall.values() if r is not None]
+        return float(np.mean(present)) if present else 0.0
+
+    @property
+    def coverage(self) -> float:
+        """Share of scored cells the map classified."""
+        return 1.0 - self.left_out / max(self.cells, 1)
+
+    def to_json(self) -> dict:
+        return {"cells": self.cells, "agreement": round(self.agreement, 4), "balanced": round(self.balanced, 4),
+                "coverage": round(self.coverage, 4),
+                "recall": {k: (round(v, 4) if v is not None else None) for k, v in self.recall.items()},
+                "cells_per_class": dict(zip(self.classes, self.confusion.sum(axis=1).tolist())),
+                "confusion": {"rows (reference)": list(self.classes),
+                              "columns (map)": [*self.classes, "not classified"],
+                              "counts": self.confusion.tolist()}}
+
+
+def reference_cells(reference: np.ndarray, stride: int, rows: int, cols: int, purity: float = DEFAULT_PURITY
+                    ) -> np.ndarray:
+    """int ``(rows, cols)``: the reference class (0..3) of each map cell at least ``purity`` one class, else -1."""
+    if not 0.5 < purity <= 1.0:
+        raise ValueError(f"purity must be in (0.5, 1] (share of a cell's pixels of one class), got {purity}.")
+    cells = reference[:rows * stride, :cols * stride].reshape(rows, stride, cols, stride)
+    counts = np.stack([(cells == 1 + k).sum(axis=(1, 3)) for k in range(len(REFERENCE_CLASSES))])
+    best = counts.argmax(axis=0)
+    pure = counts.max(axis=0) >= purity * stride * stride
+    return np.where(pure, best, -1)
+
+
+def score_cells(mapped: np.ndarray, truth: np.ndarray) -> Score:
+    """Score mapped reference classes (``(rows, cols)``, 0..3, -1 = not classified) against ``truth`` cells."""
+    if mapped.shape != truth.shape:
+        raise ValueError(f"The map has {mapped.shape} cells and the reference {truth.shape}; expected the same grid.")
+    scored = truth >= 0
+    t, m = truth[scored], mapped[scored]
+    m = np.where(m < 0, len(REFERENCE_CLASSES), m)
+    confusion = np.zeros((len(REFERENCE_CLASSES), len(REFERENCE_CLASSES) + 1), dtype=np.int64)
+    np.add.at(confusion, (t, m), 1)
+    return Score(confusion, left_out=int(confusion[:, -1].sum()))
