@@ -219,11 +219,14 @@ def _map_options(args):
     from landcover.scenes.mapping import MapOptions
 
     return MapOptions(stride=args.stride, batch_size=args.batch_size,
-                      progress=False if args.no_progress else None, tta=args.tta, evidence=args.evidence)
+                      progress=False if args.no_progress else None, tta=args.tta, evidence=args.evidence,
+                      min_confidence=args.min_confidence if args.command == "map" else 0.0)
 
 
 def add_scene_commands(sub) -> None:
     """Add ``map`` and ``change`` to the ``python -m landcover`` subparsers."""
+    from landcover.scenes.mapping import DEFAULT_MIN_CONFIDENCE
+
     model_help = "Model folder or Hub id org/name[@revision] (default: the embedded model)."
     scene_help = ("PNG/JPEG, GeoTIFF (RGB or Sentinel-2 bands), STAC item JSON (path or URL), or a folder of "
                   "per-band files (B02/B03/B04, optional SCL)")
@@ -235,6 +238,10 @@ def add_scene_commands(sub) -> None:
     mp.add_argument("--out", required=True, help="Class map PNG with legend and areas.")
     mp.add_argument("--overlay", default=None, help="Also write the map blended over the scene (PNG).")
     mp.add_argument("--confidence", default=None, help="Also write per-cell confidence as a greyscale PNG.")
+    mp.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE,
+                    help=f"Cells whose top-1 probability is below this are 'uncertain': hatched grey in the map, "
+                         f"null in the JSON grid, counted apart in the areas (default {DEFAULT_MIN_CONFIDENCE:g}, "
+                         f"chosen on validation and a real scene; 0 classifies every cell).")
     _add_scene_options(mp, model_help)
     mp.set_defaults(func=_map_command)
 
@@ -304,6 +311,11 @@ def _map_command(args) -> int:
         print(f"  {name:22s} {row['percent']:6.2f} %  {row['km2']:10.4f} km²")
     for reason, row in result.masked_table().items():
         print(f"  masked: {reason:14s} {row['cells']:6d} cells {row['km2']:10.4f} km²")
+    if result.uncertain.any():
+        data = result.to_json()
+        print(f"  uncertain (top-1 < {result.min_confidence:g}) {data['uncertain_cells']:6d} cells "
+              f"{data['uncertain_km2']:10.4f} km²")
+    print(f"evidence: {result.evidence_note}")
     print("wrote " + ", ".join(f"{k} {v}" for k, v in written.items()))
     return 0
 

@@ -198,7 +198,7 @@ def test_sentinel2_16bit_bands_scaled_to_eurosat_range(predictor, tmp_path):
         assert scene.radiometry.bands == (3, 4, 2) and "B04/B03/B02" in scene.radiometry.band_note
         assert scene.radiometry.scaling.kind == "x10000"
         np.testing.assert_array_equal(scene.read(0, 0, scene.height, scene.width)[0], rgb)
-        s2_map = mapping.map_scene(predictor, scene)
+        s2_map = mapping.map_scene(predictor, scene, evidence="rgb")  # the same RGB, the CNN alone
     Image.fromarray(rgb.transpose(1, 2, 0)).save(tmp_path / "rgb.png")
     with raster.open_scene(tmp_path / "rgb.png") as scene:
         np.testing.assert_array_equal(s2_map.grid, mapping.map_scene(predictor, scene).grid)

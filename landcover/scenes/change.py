@@ -115,7 +115,8 @@ def detect_change(predictor: "Predictor", before: Scene, after: Scene, options: 
     if not 0.0 <= min_confidence <= 1.0:
         raise ValueError(f"--min-confidence must be between 0 and 1, got {min_confidence}.")
     check_same_grid(before, after)
-    options = replace(options or MapOptions(), **overrides)
+    # Each date keeps a class in every cell: the change's own min_confidence (both dates) decides what is compared.
+    options = replace(options or MapOptions(), **{**overrides, "min_confidence": 0.0})
     a = map_scene(predictor, before, options)
     b = map_scene(predictor, after, options)
     if after.georeferenced and not before.georeferenced:  # areas from whichever date is georeferenced

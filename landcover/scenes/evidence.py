@@ -31,6 +31,7 @@ WATER_CLASSES = ("River", "SeaLake")
 WATER_MAJORITY = 0.5  # a cell at least half water pixels is water (majority rule)
 WATER_TRACE = 0.05  # a cell with at most 5 % water pixels (a few mixed edge pixels) is land
 EVIDENCE_MODES = ("auto", "rgb")
+_TINY = 1e-30  # probability mass treated as none (a float32 softmax underflows to 0 for very sure models)
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,14 @@ def fuse(probs: np.ndarray, labels: Sequence[str], water: np.ndarray,
     fallback = np.array([name == "SeaLake" for name in labels], dtype=np.float32)
     if not fallback.any():
         fallback = is_water.astype(np.float32) / is_water.sum()
-    share = np.where(water_mass[None] > 1e-6, out / np.maximum(water_mass, 1e-12)[None], fallback[:, None, None])
+    share = np.where(water_mass[None] > _TINY, out / np.maximum(water_mass, _TINY)[None], fallback[:, None, None])
     out = np.where(wet[None], np.where(is_water[:, None, None], share, 0.0), out)
-    # Dry cells: no water; the land classes keep their proportions.
-    land_share = np.where(land_mass[None] > 1e-6, out / np.maximum(land_mass, 1e-12)[None], 0.0)
-    dry_ok = dry & ~wet & (land_mass > 1e-6)
-    out = np.where(dry_ok[None], np.where(is_water[:, None, None], 0.0, land_share), out)
+    # Dry cells: no water; the land classes keep their proportions, or share it evenly where the CNN gave land
+    # nothing at all (it was sure of water: the cell then has no confident class).
+    uniform_land = (~is_water).astype(np.float32) / (~is_water).sum()
+    land_share = np.where(land_mass[None] > _TINY, out / np.maximum(land_mass, _TINY)[None],
+                          uniform_land[:, None, None])
+    out = np.where((dry & ~wet)[None], np.where(is_water[:, None, None], 0.0, land_share), out)
     return out.astype(np.float32)
 
 

@@ -1,9 +1,10 @@
 """GIS outputs of scene maps: class GeoTIFFs and GeoJSON polygons, on the scene's own CRS.
 
-Class raster values: class index ``0 .. C-1``; ``255`` = nodata (edge not covered by a whole tile, or
-input no-data); ``MASK_CODE_BASE + k`` for cells masked by reason ``k`` of
-:data:`landcover.readers.raster.MASK_REASONS` (202 saturated/defective, 203 cloud shadow, 204 cloud, 205 thin
-cirrus). The tag ``classes`` lists the labels, ``mask_codes`` the mask values.
+Class raster, band 1: class index ``0 .. C-1``; ``255`` = nodata (edge not covered by a whole tile, or
+input no-data); ``MASK_CODE_BASE + k`` for cells left out for reason ``k`` of
+:data:`landcover.scenes.mapping.CELL_REASONS` (202 saturated/defective, 203 cloud shadow, 204 cloud, 205 thin
+cirrus, 206 uncertain). The tag ``classes`` lists the labels, ``mask_codes`` those values, ``evidence`` what decided
+the classes. Band 2: the top-1 probability in percent (255 where masked).
 
 GeoJSON: one polygon (with holes) per connected region of equal value on the cell grid
 (``rasterio.features.shapes``), coordinates in the scene's CRS, named in the legacy ``crs`` member
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from landcover.scenes.mapping import SceneMap
+from landcover.scenes.mapping import CELL_REASONS, SceneMap
 from landcover.readers.raster import MASK_REASONS
 from landcover.scenes.render import display_colours
 
@@ -74,16 +75,16 @@ def _colormap(labels) -> dict:
     colours = display_colours(labels)
     n = len(labels)
     cmap = {i: (*map(int, colours[i]), 255) for i in range(n)}
-    for k in range(2, len(MASK_REASONS) + 1):
+    for k in range(2, len(CELL_REASONS) + 1):
         cmap[MASK_CODE_BASE + k] = (*map(int, colours[n + k]), 255)
     cmap[NODATA] = (255, 255, 255, 0)
     return cmap
 
 
 def _tags(scene_map: SceneMap) -> dict:
-    codes = {MASK_CODE_BASE + k: r for k, r in enumerate(MASK_REASONS, start=1) if k > 1}
+    codes = {MASK_CODE_BASE + k: r for k, r in enumerate(CELL_REASONS, start=1) if k > 1}
     return dict(classes=json.dumps(scene_map.labels), mask_codes=json.dumps(codes), stride_px=str(scene_map.stride),
-                patch_px=str(scene_map.patch_size))
+                patch_px=str(scene_map.patch_size), evidence=scene_map.evidence_note)
 
 
 def write_class_geotiff(scene_map: SceneMap, path: str | Path) -> Path:
@@ -93,9 +94,16 @@ def write_class_geotiff(scene_map: SceneMap, path: str | Path) -> Path:
     each class its legend colour. Memory stays ``stride x width`` bytes.
     """
     _need_crs(scene_map, "--geotiff")
-    return _write_cells(Path(path), [class_codes(scene_map)], scene_map,
-                        ["land-cover class index (tag 'classes'); 2xx = masked (tag 'mask_codes'); 255 = nodata"],
+    return _write_cells(Path(path), [class_codes(scene_map), confidence_percent(scene_map)], scene_map,
+                        ["land-cover class index (tag 'classes'); 2xx = masked or uncertain (tag 'mask_codes'); "
+                         "255 = nodata", "top-1 probability in percent (0-100); 255 = masked or nodata"],
                         _tags(scene_map), _colormap(scene_map.labels))
+
+
+def confidence_percent(scene_map: SceneMap) -> np.ndarray:
+    """uint8 per cell: the top-1 probability in percent (uncertain cells too), 255 where masked."""
+    shown = scene_map.classified | scene_map.uncertain
+    return np.where(shown, np.rint(scene_map.confidence * 100), NODATA).astype(np.uint8)
 
 
 def read_class_geotiff(path: str | Path) -> tuple[np.ndarray, list[str], object, object]:
@@ -154,7 +162,7 @@ def class_geojson(scene_map: SceneMap) -> dict:
     """FeatureCollection of class (and mask) regions; properties: ``class``, ``class_index``, ``cells``, ``km2``."""
     _need_crs(scene_map, "--geojson")
     n = len(scene_map.labels)
-    names = list(scene_map.labels) + [f"masked: {r}" for r in MASK_REASONS]
+    names = list(scene_map.labels) + [f"masked: {r}" for r in MASK_REASONS] + ["uncertain"]
     values = np.where(scene_map.classified, scene_map.grid, n - 1 + scene_map.reason.astype(np.int64))
     features = []
     for geom, value, cells in _polygons(values, np.ones(values.shape, dtype=bool), scene_map):

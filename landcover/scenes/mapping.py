@@ -38,6 +38,14 @@ if TYPE_CHECKING:
 
 BLOCK_PX = 1024  # rows of pixels read at once (rounded to whole tile rows)
 MAX_MASKED = 0.5  # a cell more than half masked is not classified
+# Why a cell has no class: the input masks, then "uncertain" (top-1 probability below min_confidence).
+CELL_REASONS = (*MASK_REASONS, "uncertain")
+UNCERTAIN = len(CELL_REASONS)  # its reason code (1 + index)
+# Default --min-confidence. Chosen as the threshold below which cells are right at most half the time, on both
+# the embedded model's EuroSAT validation split (single pass: 0 of 2,160 patches below 0.3, 1 of 7 right below
+# 0.45, 16 of 41 below 0.6) and the development scene (Brandenburg, stride 16, bands fused: 2 right / 2 wrong below
+# 0.3, 34 / 17 below 0.4). Since an uncertain cell scores as a miss, a higher default only costs on real scenes.
+DEFAULT_MIN_CONFIDENCE = 0.3
 
 
 def tile_grid(height: int, width: int, patch: int = PATCH_SIZE_PX, stride: int = PATCH_SIZE_PX) -> tuple[int, int]:
@@ -63,8 +71,11 @@ class MapOptions:
     tta: "bool | str" = False
     max_masked: float = MAX_MASKED  # share of a cell's pixels that may be masked before it is left out
     evidence: str = "auto"  # "auto": every band the scene has (see landcover.scenes.evidence); "rgb": CNN alone
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE  # cells whose top-1 probability is lower are "uncertain"
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"--min-confidence must be between 0 and 1, got {self.min_confidence}.")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}.")
         if self.evidence not in EVIDENCE_MODES:
@@ -140,10 +151,11 @@ class SceneMap:
     transform: Optional[object] = None
     source: str = ""
     band_note: str = ""
-    reason: Optional[np.ndarray] = None  # uint8 (rows, cols): 0 classified, else 1 + MASK_REASONS index
+    reason: Optional[np.ndarray] = None  # uint8 (rows, cols): 0 classified, else 1 + CELL_REASONS index
     scene_info: dict = field(default_factory=dict)  # Scene.describe(): radiometry, resampling, warnings
     evidence_note: str = "CNN on RGB"  # which evidence decided the classes (landcover.scenes.evidence)
     evidence: dict = field(default_factory=dict)  # per-cell layers (e.g. "water", "ndvi"), float32 (rows, cols)
+    min_confidence: float = 0.0  # the threshold that made cells "uncertain"
 
     def __post_init__(self) -> None:
         if self.reason is None:
@@ -156,13 +168,18 @@ class SceneMap:
 
     @property
     def classified(self) -> np.ndarray:
-        """bool ``(rows, cols)``: cells that were classified (not masked)."""
+        """bool ``(rows, cols)``: cells that have a class (not masked, not uncertain)."""
         return self.reason == 0
 
     @property
+    def uncertain(self) -> np.ndarray:
+        """bool ``(rows, cols)``: cells whose top-1 probability is below :attr:`min_confidence`."""
+        return self.reason == UNCERTAIN
+
+    @property
     def confidence(self) -> np.ndarray:
-        """float ``(rows, cols)`` probability of the chosen class per cell (0 where masked)."""
-        return np.where(self.classified, self.probs.max(axis=0), 0.0)
+        """float ``(rows, cols)`` top-1 probability per cell (uncertain cells too; 0 where masked)."""
+        return np.where(self.classified | self.uncertain, self.probs.max(axis=0), 0.0)
 
     @property
     def cell_area_km2(self) -> float:
@@ -177,13 +194,13 @@ class SceneMap:
 
     def masked_table(self) -> dict[str, dict[str, float]]:
         """``{reason: {"cells", "km2"}}`` of the cells left out by masks (only reasons that occur)."""
-        counts = np.bincount(self.reason.ravel(), minlength=len(MASK_REASONS) + 1)[1:]
+        counts = np.bincount(self.reason.ravel(), minlength=len(CELL_REASONS) + 1)[1:]
         return {name: {"cells": int(c), "km2": int(c) * self.cell_area_km2}
                 for name, c in zip(MASK_REASONS, counts) if c}
 
-    def named_grid(self) -> list[list[str]]:
-        """Rows of class names per cell; masked cells read ``"masked: <reason>"``."""
-        names = np.array(list(self.labels) + [f"masked: {r}" for r in MASK_REASONS], dtype=object)
+    def named_grid(self) -> list[list[Optional[str]]]:
+        """Rows of class names per cell; masked cells read ``"masked: <reason>"``, uncertain cells None."""
+        names = np.array(list(self.labels) + [f"masked: {r}" for r in MASK_REASONS] + [None], dtype=object)
         shown = np.where(self.classified, self.grid, len(self.labels) + self.reason.astype(np.int64) - 1)
         return names[shown].tolist()
 
@@ -207,6 +224,9 @@ class SceneMap:
             "classified_km2": round(int(classified.sum()) * self.cell_area_km2, 6),
             "masked_km2": {k: round(v["km2"], 6) for k, v in self.masked_table().items()},
             "masked_cells": {k: v["cells"] for k, v in self.masked_table().items()},
+            "min_confidence": self.min_confidence,
+            "uncertain_cells": int(self.uncertain.sum()),
+            "uncertain_km2": round(int(self.uncertain.sum()) * self.cell_area_km2, 6),
             "pixel_area_m2": self.pixel_area_m2,
             "pixel_size_source": self.pixel_size_source,
             "crs": self.crs.to_string() if self.crs is not None else None,
@@ -272,11 +292,13 @@ def map_scene(predictor: "Predictor", scene: Scene, options: Optional[MapOptions
     acc /= np.maximum(_covered(kept, k), 1)[None]
     if use_evidence:
         acc = fuse(acc, predictor.labels, layers["water"])
+    reason[(reason == 0) & (acc.max(axis=0) < options.min_confidence)] = UNCERTAIN
     info = scene.describe()
     return SceneMap(list(predictor.labels), acc, stride, patch, scene.height, scene.width, scene.grid.pixel_area_m2,
                     scene.grid.pixel_size_source, scene.grid.crs, scene.grid.transform, scene.source,
                     scene.radiometry.band_note, reason, info,
-                    evidence_note(scene.spectral_names if use_evidence else None, scene.scl is not None), layers)
+                    evidence_note(scene.spectral_names if use_evidence else None, scene.scl is not None), layers,
+                    options.min_confidence)
 
 
 def _covered(kept: np.ndarray, k: int) -> np.ndarray:

@@ -13,12 +13,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from landcover.core.labels import CLASS_COLOURS
-from landcover.scenes.mapping import SceneMap
-from landcover.readers.raster import MASK_REASONS, Scene
+from landcover.scenes.mapping import CELL_REASONS, SceneMap
+from landcover.readers.raster import Scene
 
 UNCLASSIFIED_COLOUR = (255, 255, 255)
 MASK_COLOURS = {"no data": (245, 245, 245), "saturated/defective": (255, 0, 255), "cloud shadow": (70, 70, 70),
-                "cloud": (200, 200, 200), "thin cirrus": (175, 215, 250)}
+                "cloud": (200, 200, 200), "thin cirrus": (175, 215, 250), "uncertain": (150, 150, 150)}
+HATCH_COLOUR = (110, 110, 110)  # diagonal lines over uncertain cells
+HATCH_PERIOD = 6  # display pixels between hatch lines
 MAX_RENDER_PX = 2048  # longest side of rendered maps (large scenes are downsampled for display)
 MIN_RENDER_PX = 512  # small scenes are enlarged (nearest neighbour) so the map stays readable
 
@@ -42,8 +44,9 @@ def class_colours(labels: Sequence[str]) -> np.ndarray:
 
 
 def display_colours(labels: Sequence[str]) -> np.ndarray:
-    """uint8 ``(C + 1 + len(MASK_REASONS), 3)``: class colours, "not classified", then one per mask reason."""
-    masks = np.array([MASK_COLOURS[r] for r in MASK_REASONS], dtype=np.uint8)
+    """uint8 ``(C + 1 + len(CELL_REASONS), 3)``: class colours, "not classified", then one per mask reason and
+    "uncertain"."""
+    masks = np.array([MASK_COLOURS[r] for r in CELL_REASONS], dtype=np.uint8)
     return np.concatenate([class_colours(labels), masks])
 
 
@@ -77,7 +80,11 @@ def render_map(scene_map: SceneMap, size: Optional[tuple[int, int]] = None) -> I
     size = size or display_size(scene_map.height, scene_map.width)
     index = cell_image(display_grid(scene_map), scene_map.stride, scene_map.height, scene_map.width, size,
                          fill=len(scene_map.labels))
-    return Image.fromarray(display_colours(scene_map.labels)[index])
+    image = display_colours(scene_map.labels)[index]
+    yy, xx = np.mgrid[0:size[0], 0:size[1]]
+    hatch = (index == len(scene_map.labels) + len(CELL_REASONS)) & ((yy + xx) % HATCH_PERIOD == 0)
+    image[hatch] = HATCH_COLOUR
+    return Image.fromarray(image)
 
 
 def render_overlay(scene_map: SceneMap, scene: Scene, alpha: float = 0.5,
@@ -144,6 +151,9 @@ def map_legend_entries(scene_map: SceneMap) -> list[tuple[tuple[int, int, int], 
                for i, name in enumerate(scene_map.labels)]
     for reason, row in scene_map.masked_table().items():
         entries.append((MASK_COLOURS[reason], f"masked: {reason}  {row['km2']:.3f} km2"))
+    if scene_map.uncertain.any():
+        km2 = int(scene_map.uncertain.sum()) * scene_map.cell_area_km2
+        entries.append((MASK_COLOURS["uncertain"], f"uncertain (top-1 < {scene_map.min_confidence:g})  {km2:.3f} km2"))
     rows, cols = scene_map.grid.shape
     if rows * scene_map.stride < scene_map.height or cols * scene_map.stride < scene_map.width:
         entries.append((UNCLASSIFIED_COLOUR, "not classified (edge < one tile)"))
@@ -154,7 +164,7 @@ def render_map_with_legend(scene_map: SceneMap) -> Image.Image:
     """The PNG written by ``map --out``: class map plus legend with areas and the pixel-size note."""
     rows, cols = scene_map.grid.shape
     note = (f"{rows}x{cols} cells of {scene_map.stride} px, {scene_map.patch_size} px tiles. "
-            f"Pixel size: {scene_map.pixel_size_source}. {scene_note(scene_map)}")
+            f"Evidence: {scene_map.evidence_note}. Pixel size: {scene_map.pixel_size_source}. {scene_note(scene_map)}")
     return add_legend(render_map(scene_map), map_legend_entries(scene_map), "Land cover", note)
 
 

@@ -1,0 +1,269 @@
+"""Every band a scene has: spectral bands found in each storage, water evidence fused with the CNN, and maps
+scored against an independent reference. Generated rasters; the tiny model is the CNN."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from affine import Affine
+
+from datagen import class_patch
+from landcover.core.labels import EUROSAT_CLASSES, PATCH_SIZE_PX
+from landcover.inference.predictor import Predictor
+from landcover.readers import raster
+from landcover.readers.radiometry import choose_rgb_bands, choose_spectral_bands
+from landcover.scenes import evidence, export, mapping, reference
+
+ROOT = Path(__file__).resolve().parents[1]
+P = PATCH_SIZE_PX
+TEN_M = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5200000.0)
+FOREST, SEALAKE, RIVER = (EUROSAT_CLASSES.index(c) for c in ("Forest", "SeaLake", "River"))
+WHITE = 2750  # reflectance x 10000 shown as 255 (EuroSAT's stretch)
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model_dir) -> Predictor:
+    return Predictor.load(str(tiny_model_dir))
+
+
+def spectral_stack(classes: np.ndarray, nir_x10000: np.ndarray, seed: int = 0) -> np.ndarray:
+    """uint16 ``(4, H, W)`` B02, B03, B04, B08 x 10000: RGB from the class patches, NIR constant per tile."""
+    rng = np.random.default_rng(seed)
+    rgb = np.concatenate([np.concatenate([class_patch(int(c), rng) for c in row], axis=1) for row in classes])
+    reflectance = rgb.astype(np.float64) / 255 * WHITE + 100  # never 0: every pixel has some green
+    nir = np.kron(nir_x10000, np.ones((P, P)))
+    return np.stack([reflectance[..., 2], reflectance[..., 1], reflectance[..., 0], nir]).round().astype(np.uint16)
+
+
+def write_stack(path: Path, bands: np.ndarray, descriptions=("B02", "B03", "B04", "B08")) -> Path:
+    import rasterio
+
+    with rasterio.open(path, "w", driver="GTiff", height=bands.shape[1], width=bands.shape[2], count=len(bands),
+                       dtype=bands.dtype, crs="EPSG:32633", transform=TEN_M) as dst:
+        dst.write(bands)
+        for i, d in enumerate(descriptions or [], start=1):
+            dst.set_band_description(i, d)
+    return path
+
+
+def test_spectral_bands_are_found_in_stacks_folders_and_stac_items(tmp_path):
+    assert choose_spectral_bands(4, ["B02", "B03", "B04", "B08"]) == {"nir": 4}
+    assert choose_spectral_bands(6, ["B2", "B3", "B4", "B8", "B11", "B12"]) == {"nir": 4, "swir16": 5}
+    for count, expected in ((4, {"nir": 4}), (10, {"nir": 7, "swir16": 9}), (12, {"nir": 8, "swir16": 11}),
+                            (13, {"nir": 8, "swir16": 12})):
+        _, note = choose_rgb_bands(count)
+        assert choose_spectral_bands(count, [None] * count, note) == expected
+    assert choose_spectral_bands(5, [None] * 5, "bands given") == {}  # no known order: no guess
+    # A band folder with 20 m SWIR: read on the 10 m grid of the visible bands.
+    import rasterio
+
+    folder = tmp_path / "bands"
+    folder.mkdir()
+    stack = spectral_stack(np.array([[FOREST, SEALAKE]]), np.array([[3000, 50]]))
+    for name, band in zip(("B02", "B03", "B04", "B08"), stack):
+        write_stack(folder / f"T33UUU_20170216T102101_{name}.tif", band[None], None)
+    with rasterio.open(folder / "T33UUU_20170216T102101_B11.tif", "w", driver="GTiff", height=32, width=64,
+                       count=1, dtype="uint16", crs="EPSG:32633", transform=TEN_M * Affine.scale(2)) as dst:
+        dst.write(np.full((1, 32, 64), 2000, dtype=np.uint16))
+    with raster.open_scene(folder) as scene:
+        assert scene.spectral_names == ("nir", "swir16") and scene.has_spectral
+        rgb, code, reflectance = scene.read_block(0, 0, 64, 128)
+        assert reflectance["swir16"].shape == (64, 128)
+        np.testing.assert_allclose(reflectance["swir16"], 0.2, atol=1e-6)
+        np.testing.assert_allclose(reflectance["nir"][:, :64], 0.3, atol=1e-6)
+        assert "spectral bands read: nir, swir16" in scene.describe()["notes"]
+    # A STAC item names its assets; a missing remote band is left out, with a note, not an error.
+    item = {"type": "Feature", "properties": {}, "assets": {
+        **{k: {"href": f"T33UUU_20170216T102101_{b}.tif"} for k, b in
+           (("blue", "B02"), ("green", "B03"), ("red", "B04"), ("nir", "B08"))},
+        "swir16": {"href": "https://127.0.0.1:9/missing/B11.tif"}}}
+    (folder / "item.json").write_text(json.dumps(item))
+    with raster.open_scene(folder / "item.json") as scene:
+        assert scene.spectral_names == ("nir",)
+        assert any(n.startswith("swir16 band not read") for n in scene.notes)
+
+
+def test_an_8bit_image_carries_no_spectral_evidence(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(class_patch(FOREST, rng)).save(tmp_path / "patch.png")
+    with raster.open_scene(tmp_path / "patch.png") as scene:
+        assert not scene.has_spectral and scene.read_block(0, 0, 64, 64)[2] is None
+
+
+def test_fuse_forces_water_by_majority_and_removes_it_from_dry_cells():
+    labels = list(EUROSAT_CLASSES)
+    probs = np.zeros((10, 1, 4), dtype=np.float32)
+    probs[FOREST] = 0.9
+    probs[SEALAKE, 0, :] = [0.02, 0.02, 0.1, 0.1]
+    probs[RIVER, 0, :] = [0.08, 0.08, 0.0, 0.0]
+    probs /= probs.sum(axis=0, keepdims=True)
+    water = np.array([[0.9, 0.3, 0.01, np.nan]], dtype=np.float32)
+    fused = evidence.fuse(probs, labels, water)
+    np.testing.assert_allclose(fused.sum(axis=0), 1.0, atol=1e-6)
+    # Wet: only the water classes, in the CNN's proportions (River 0.08 vs SeaLake 0.02).
+    np.testing.assert_allclose(fused[[RIVER, SEALAKE], 0, 0], [0.8, 0.2], atol=1e-6)
+    assert fused[FOREST, 0, 0] == 0
+    np.testing.assert_allclose(fused[:, 0, 1], probs[:, 0, 1])  # mixed: unchanged
+    assert fused[SEALAKE, 0, 2] == 0 and fused[RIVER, 0, 2] == 0 and fused[FOREST, 0, 2] == pytest.approx(1.0)
+    np.testing.assert_allclose(fused[:, 0, 3], probs[:, 0, 3])  # no evidence: unchanged
+    # The CNN gave water nothing at all: SeaLake.
+    none = np.zeros((10, 1, 1), dtype=np.float32)
+    none[FOREST] = 1.0
+    assert evidence.fuse(none, labels, np.array([[1.0]]))[SEALAKE, 0, 0] == pytest.approx(1.0)
+    # The CNN gave land nothing: over dry land every land class is as likely (no confident class).
+    sure_water = np.zeros((10, 1, 1), dtype=np.float32)
+    sure_water[SEALAKE] = 1.0
+    np.testing.assert_allclose(evidence.fuse(sure_water, labels, np.array([[0.0]]))[:, 0, 0],
+                               [0 if i in (SEALAKE, RIVER) else 1 / 8 for i in range(10)], atol=1e-7)
+
+
+def test_water_that_rgb_calls_forest_is_mapped_water_when_nir_says_so(predictor, tmp_path):
+    """Forest-looking tiles over water (NIR below green) become water; water-looking tiles over land stop being
+    water. RGB-only maps of the same file are the CNN's alone."""
+    classes = np.array([[FOREST, FOREST, SEALAKE], [SEALAKE, FOREST, SEALAKE]])
+    nir = np.array([[50, 3000, 3000], [50, 3000, 50]])  # tile (0,0) forest-looking water, (0,2) water-looking land
+    path = write_stack(tmp_path / "scene.tif", spectral_stack(classes, nir))
+    with raster.open_scene(path) as scene:
+        rgb_map = mapping.map_scene(predictor, scene, evidence="rgb")
+        fused = mapping.map_scene(predictor, scene)
+    names = np.array(EUROSAT_CLASSES)
+    cnn = names[rgb_map.grid]
+    assert cnn[0, 0] == "Forest" and cnn[0, 2] == "SeaLake"  # what RGB says (the tiny model knows its patches)
+    got = names[fused.grid]
+    assert got[0, 0] in ("SeaLake", "River") and got[1, 0] in ("SeaLake", "River") and got[1, 2] in ("SeaLake", "River")
+    assert got[0, 2] not in ("SeaLake", "River") and got[0, 1] == "Forest" and got[1, 1] == "Forest"
+    # The tiny model was certain of SeaLake there: over land it has no preference left, and says so.
+    assert fused.confidence[0, 2] == pytest.approx(1 / 8, abs=1e-6)
+    assert "NDWI" in fused.to_json()["evidence"] and rgb_map.to_json()["evidence"] == "CNN on RGB"
+    np.testing.assert_allclose(fused.evidence["water"][0, 0], 1.0)
+    geotiff = export.write_class_geotiff(fused, tmp_path / "classes.tif")
+    import rasterio
+
+    with rasterio.open(geotiff) as ds:
+        assert "NDWI" in ds.tags()["evidence"]
+
+
+def test_map_options_are_checked():
+    with pytest.raises(ValueError, match="--evidence must be one of auto, rgb"):
+        mapping.MapOptions(evidence="ndvi")
+    with pytest.raises(ValueError, match="--batch-size must be at least 1"):
+        mapping.MapOptions(batch_size=0)
+
+
+def _write_geojson(path: Path, features: list[tuple[list, str]]) -> Path:
+    """Polygons in the scene's CRS (EPSG:32633), named in the legacy ``crs`` member GDAL reads."""
+    data = {"type": "FeatureCollection",
+            "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32633"}},
+            "features": [{"type": "Feature", "properties": {"fclass": c},
+                          "geometry": {"type": "Polygon", "coordinates": [ring]}} for ring, c in features]}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _box(col0: int, row0: int, col1: int, row1: int) -> list:
+    """A ring around pixel columns col0..col1 and rows row0..row1 of TEN_M."""
+    x0, y0 = TEN_M * (col0, row0)
+    x1, y1 = TEN_M * (col1, row1)
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+
+
+def test_reference_polygons_are_rasterized_collapsed_and_scored(tmp_path):
+    ref = _write_geojson(tmp_path / "ref.geojson", [
+        (_box(0, 0, 32, 32), "forest"), (_box(32, 0, 64, 16), "water"), (_box(32, 16, 64, 32), "wetland"),
+        (_box(0, 32, 20, 64), "farm"), (_box(20, 32, 64, 64), "residential")])
+    grid = reference.GridSpec(64, 64, "EPSG:32633", TEN_M)
+    pixels = reference.rasterize_reference(ref, grid, reference.OSM_CROSSWALK)
+    assert pixels[0, 0] == 1 and pixels[0, 40] == 4 and pixels[20, 40] == reference.UNLABELLED  # wetland unscored
+    cells = reference.reference_cells(pixels, 16, 4, 4)
+    # Row 2-3, col 1 (px 16..31): 4 of 16 columns farm, 12 residential -> 75 % residential: scored Urban.
+    np.testing.assert_array_equal(cells, [[0, 0, 3, 3], [0, 0, -1, -1], [1, 2, 2, 2], [1, 2, 2, 2]])
+    labels = list(EUROSAT_CLASSES)
+    to_ref = reference.map_to_reference(labels)
+    assert [reference.REFERENCE_CLASSES[to_ref[labels.index(n)]] for n in ("Pasture", "Highway", "River")] == \
+        ["Grass/crop", "Urban", "Water"]
+    mapped = np.array([[0, 1, 3, -1], [0, 0, 2, 2], [1, 2, 2, 0], [1, 2, 2, 2]])
+    score = reference.score_cells(mapped, cells)
+    assert score.cells == 14 and score.left_out == 1
+    assert score.agreement == pytest.approx(11 / 14)
+    assert score.recall == {"Forest": 0.75, "Grass/crop": 1.0, "Urban": pytest.approx(5 / 6), "Water": 0.5}
+    assert score.balanced == pytest.approx((0.75 + 1 + 5 / 6 + 0.5) / 4)
+    assert score.coverage == pytest.approx(13 / 14)
+    assert score.to_json()["confusion"]["counts"][3] == [0, 0, 0, 1, 1]
+    with pytest.raises(ValueError, match="has no field 'landuse'"):
+        reference.rasterize_reference(ref, grid, reference.OSM_CROSSWALK, field_name="landuse")
+
+
+def test_reference_class_raster_is_warped_onto_the_scene_grid(tmp_path):
+    import rasterio
+
+    codes = np.full((16, 16), 40, dtype=np.uint8)  # WorldCover cropland at 20 m ...
+    codes[:8] = 80  # ... the top half permanent water
+    with rasterio.open(tmp_path / "wc.tif", "w", driver="GTiff", height=16, width=16, count=1, dtype="uint8",
+                       crs="EPSG:32633", transform=TEN_M * Affine.scale(2)) as dst:
+        dst.write(codes[None])
+    pixels = reference.rasterize_reference(tmp_path / "wc.tif", reference.GridSpec(32, 32, "EPSG:32633", TEN_M),
+                                           reference.WORLDCOVER_CROSSWALK)
+    assert (pixels[:16] == 4).all() and (pixels[16:] == 2).all()
+
+
+def test_cli_map_reports_its_evidence_and_takes_rgb_only(tmp_path):
+    path = write_stack(tmp_path / "scene.tif", spectral_stack(np.array([[FOREST, SEALAKE]]), np.array([[3000, 50]])))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    outputs = {}
+    for flag in ("auto", "rgb"):
+        r = subprocess.run([sys.executable, "-m", "landcover", "map", str(path), "--out", str(tmp_path / "m.png"),
+                            "--json", "--evidence", flag, "--no-progress"], capture_output=True, text=True, env=env,
+                           cwd=ROOT, timeout=300)
+        assert r.returncode == 0, r.stderr
+        outputs[flag] = json.loads(r.stdout)
+    assert "NDWI" in outputs["auto"]["evidence"] and outputs["rgb"]["evidence"] == "CNN on RGB"
+
+
+def test_uncertain_cells_are_flagged_everywhere_a_map_goes(predictor, tmp_path):
+    """Cells below --min-confidence: hatched grey, null in the JSON grid, counted apart, code 206 in the GeoTIFF
+    with their confidence in band 2; scored as misses."""
+    import rasterio
+
+    from landcover.scenes import render
+
+    classes = np.array([[FOREST, SEALAKE, 2], [3, 4, 5]])
+    path = write_stack(tmp_path / "scene.tif", spectral_stack(classes, np.full((2, 3), 3000)))
+    with raster.open_scene(path) as scene:
+        sure = mapping.map_scene(predictor, scene, min_confidence=0.0)
+        conf = sure.confidence
+        threshold = float(np.median(conf))  # half of the cells fall below
+        result = mapping.map_scene(predictor, scene, min_confidence=threshold)
+    below = conf < threshold
+    assert below.any() and (result.uncertain == below).all() and not (result.classified & below).any()
+    np.testing.assert_allclose(result.confidence, conf)  # uncertain cells keep their confidence
+    data = result.to_json()
+    assert [[c is None for c in row] for row in data["grid"]] == below.tolist()
+    assert data["uncertain_cells"] == int(below.sum()) and data["min_confidence"] == threshold
+    assert data["uncertain_km2"] == pytest.approx(below.sum() * result.cell_area_km2)
+    assert sum(v["cells"] for v in result.area_table().values()) == int((~below).sum())
+    assert "uncertain" not in result.masked_table()
+    entries = [text for _, text in render.map_legend_entries(result)]
+    assert any(text.startswith(f"uncertain (top-1 < {threshold:g})") for text in entries)
+    image = np.asarray(render.render_map(result, size=(128, 192)))  # 64 display px per cell
+    r, c = np.argwhere(below)[0]
+    cell = image[r * 64:(r + 1) * 64, c * 64:(c + 1) * 64].reshape(-1, 3)
+    colours = {tuple(v) for v in cell}
+    assert colours == {render.MASK_COLOURS["uncertain"], render.HATCH_COLOUR}
+    export.write_class_geotiff(result, tmp_path / "classes.tif")
+    with rasterio.open(tmp_path / "classes.tif") as ds:
+        codes, percent = ds.read(1)[::64, ::64], ds.read(2)[::64, ::64]
+        assert json.loads(ds.tags()["mask_codes"])["206"] == "uncertain"
+    np.testing.assert_array_equal(codes == 206, below)
+    np.testing.assert_array_equal(percent, np.rint(conf * 100))
+    mapped = np.where(result.classified, reference.map_to_reference(result.labels)[result.grid], -1)
+    truth = reference.map_to_reference(result.labels)[classes]
+    score = reference.score_cells(mapped, truth)
+    assert score.left_out == int(below.sum()) and score.coverage == pytest.approx(1 - below.mean())
+    with pytest.raises(ValueError, match="--min-confidence must be between 0 and 1"):
+        mapping.MapOptions(min_confidence=1.5)
