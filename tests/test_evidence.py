@@ -267,3 +267,27 @@ def test_uncertain_cells_are_flagged_everywhere_a_map_goes(predictor, tmp_path):
     assert score.left_out == int(below.sum()) and score.coverage == pytest.approx(1 - below.mean())
     with pytest.raises(ValueError, match="--min-confidence must be between 0 and 1"):
         mapping.MapOptions(min_confidence=1.5)
+
+
+def test_bright_white_cells_are_flagged_as_cloud_but_keep_their_class(predictor, tmp_path):
+    """An L1C-like stack without SCL: a tile under thick haze (visible ~0.35, flat spectrum) is flagged in the JSON
+    and the legend; bright but coloured or vegetated tiles are not."""
+    from landcover.scenes import render
+
+    stack = spectral_stack(np.array([[FOREST, FOREST, FOREST]]), np.full((1, 3), 3000)).astype(np.float64)
+    stack[:3, :, :P] = 3500 + np.random.default_rng(0).normal(0, 50, (3, P, P))  # white haze
+    stack[3, :, :P] = 3800
+    stack[:3, :, P:2 * P] = np.array([3600, 2000, 800])[:, None, None]  # bright but yellow (bare sand, not white)
+    path = write_stack(tmp_path / "hazy.tif", stack.round().astype(np.uint16))
+    with raster.open_scene(path) as scene:
+        result = mapping.map_scene(predictor, scene, min_confidence=0.0)
+    assert result.cloud_flagged.tolist() == [[True, False, False]]
+    assert result.classified.all()  # flagged, not masked: the class stays
+    data = result.to_json()
+    assert data["cloud_flagged_cells"] == 1 and "brightness-whiteness" in data["evidence"]
+    assert any("cloud/haze suspected" in text for _, text in render.map_legend_entries(result))
+    np.testing.assert_allclose(evidence.cloud_pixels({"blue": np.array([0.3, 0.3, 0.1]),
+                                                      "green": np.array([0.3, 0.25, 0.1]),
+                                                      "red": np.array([0.3, 0.1, 0.1]),
+                                                      "nir": np.array([0.3, 0.3, 0.3])}),
+                               [True, False, False])  # white and bright / bright but blue / dark

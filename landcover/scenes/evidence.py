@@ -9,6 +9,11 @@ and open water is the one class that physics separates cleanly:
   must also have MNDWI = (G - SWIR) / (G + SWIR) > 0 (Xu 2006), which keeps bright built-up surfaces, whose
   NDWI can creep above 0, out. Both thresholds are the published ones, not fitted here.
 * **Vegetation** (per cell, reported): the mean NDVI = (NIR - R) / (NIR + R).
+* **Cloud and haze** (per pixel, for products without an SCL layer): bright and white. The mean visible
+  reflectance (B02, B03, B04) is above ``CLOUD_BRIGHTNESS`` and the visible spectrum is flat: Fmask's whiteness
+  sum(|band - mean|) / mean below ``CLOUD_WHITENESS`` (Zhu & Woodcock 2012), and not vegetation (NDVI below
+  ``CLOUD_MAX_NDVI``, Fmask's basic test). Cells at least half such pixels are flagged (``cloud`` layer, counted in
+  the JSON and the legend) but keep their class.
 
 Fusion (:func:`fuse`), per cell of ``stride`` px, with ``w`` the share of its valid pixels that are water:
 
@@ -31,6 +36,13 @@ WATER_CLASSES = ("River", "SeaLake")
 WATER_MAJORITY = 0.5  # a cell at least half water pixels is water (majority rule)
 WATER_TRACE = 0.05  # a cell with at most 5 % water pixels (a few mixed edge pixels) is land
 EVIDENCE_MODES = ("auto", "rgb")
+# Cloud/haze test. Whiteness and NDVI limits are Fmask's (Zhu & Woodcock 2012). The brightness limit is set on the
+# development scene (Brandenburg L1C, February): 0.18 keeps its band of thin cloud (3.2 % of the pixels) and none of
+# its fields, lakes or villages; 0.16 reaches into bright fields.
+CLOUD_BRIGHTNESS = 0.18
+CLOUD_WHITENESS = 0.7
+CLOUD_MAX_NDVI = 0.8
+CLOUD_MAJORITY = 0.5  # a cell at least half cloud pixels is flagged
 _TINY = 1e-30  # probability mass treated as none (a float32 softmax underflows to 0 for very sure models)
 
 
@@ -40,6 +52,7 @@ class CellEvidence:
 
     water: np.ndarray  # float32 (rows, cols): share of water pixels
     ndvi: np.ndarray  # float32 (rows, cols): mean NDVI
+    cloud: np.ndarray  # float32 (rows, cols): share of bright, white pixels (cloud or haze)
 
 
 def water_pixels(reflectance: dict[str, np.ndarray]) -> np.ndarray:
@@ -49,6 +62,13 @@ def water_pixels(reflectance: dict[str, np.ndarray]) -> np.ndarray:
     if "swir16" in reflectance:
         water &= green > reflectance["swir16"]
     return water
+
+
+def cloud_pixels(reflectance: dict[str, np.ndarray]) -> np.ndarray:
+    """bool ``(H, W)``: bright, spectrally flat, not vegetated (see the module docstring)."""
+    visible = (reflectance["blue"] + reflectance["green"] + reflectance["red"]) / 3
+    spread = sum(np.abs(reflectance[b] - visible) for b in ("blue", "green", "red"))
+    return (visible > CLOUD_BRIGHTNESS) & (spread < CLOUD_WHITENESS * visible) & (ndvi(reflectance) < CLOUD_MAX_NDVI)
 
 
 def ndvi(reflectance: dict[str, np.ndarray]) -> np.ndarray:
@@ -68,7 +88,8 @@ def cell_evidence(reflectance: dict[str, np.ndarray], valid: np.ndarray, stride:
     with np.errstate(divide="ignore", invalid="ignore"):
         water = cells(water_pixels(reflectance) & valid) / n
         veg = cells(np.where(valid, ndvi(reflectance), 0.0)) / n
-    return CellEvidence(water.astype(np.float32), veg.astype(np.float32))
+        cloud = cells(cloud_pixels(reflectance) & valid) / n
+    return CellEvidence(water.astype(np.float32), veg.astype(np.float32), cloud.astype(np.float32))
 
 
 def fuse(probs: np.ndarray, labels: Sequence[str], water: np.ndarray,
@@ -108,4 +129,6 @@ def evidence_note(names: Optional[Sequence[str]], scl: bool) -> str:
         parts.append(f"water from {index} (bands {', '.join(['green', *names])})")
     if scl:
         parts.append("SCL masks")
+    elif names:
+        parts.append("cloud/haze flagged by a brightness-whiteness test")
     return "; ".join(parts)

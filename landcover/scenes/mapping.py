@@ -31,7 +31,8 @@ import numpy as np
 
 from landcover.core.labels import PATCH_SIZE_PX
 from landcover.readers.raster import MASK_REASONS, Scene
-from landcover.scenes.evidence import EVIDENCE_MODES, CellEvidence, cell_evidence, evidence_note, fuse
+from landcover.scenes.evidence import (CLOUD_MAJORITY, EVIDENCE_MODES, CellEvidence, cell_evidence, evidence_note,
+                                      fuse)
 
 if TYPE_CHECKING:
     from landcover.inference.predictor import Predictor
@@ -182,6 +183,14 @@ class SceneMap:
         return np.where(self.classified | self.uncertain, self.probs.max(axis=0), 0.0)
 
     @property
+    def cloud_flagged(self) -> np.ndarray:
+        """bool ``(rows, cols)``: classified or uncertain cells the spectral cloud/haze test flags (classes kept)."""
+        cloud = self.evidence.get("cloud")
+        if cloud is None:
+            return np.zeros(self.reason.shape, dtype=bool)
+        return (np.nan_to_num(cloud) >= CLOUD_MAJORITY) & ((self.reason == 0) | (self.reason == UNCERTAIN))
+
+    @property
     def cell_area_km2(self) -> float:
         return self.stride ** 2 * self.pixel_area_m2 / 1e6
 
@@ -227,6 +236,8 @@ class SceneMap:
             "min_confidence": self.min_confidence,
             "uncertain_cells": int(self.uncertain.sum()),
             "uncertain_km2": round(int(self.uncertain.sum()) * self.cell_area_km2, 6),
+            "cloud_flagged_cells": int(self.cloud_flagged.sum()),
+            "cloud_flagged_km2": round(int(self.cloud_flagged.sum()) * self.cell_area_km2, 6),
             "pixel_area_m2": self.pixel_area_m2,
             "pixel_size_source": self.pixel_size_source,
             "crs": self.crs.to_string() if self.crs is not None else None,
@@ -264,7 +275,7 @@ def map_scene(predictor: "Predictor", scene: Scene, options: Optional[MapOptions
     acc = np.zeros((n_labels, rows + k - 1, cols + k - 1), dtype=np.float32)
     reason = np.zeros(acc.shape[1:], dtype=np.uint8)
     use_evidence = options.evidence == "auto" and scene.has_spectral
-    layers = {name: np.full(acc.shape[1:], np.nan, dtype=np.float32) for name in ("water", "ndvi")} \
+    layers = {name: np.full(acc.shape[1:], np.nan, dtype=np.float32) for name in ("water", "ndvi", "cloud")} \
         if use_evidence else {}
     kept = np.zeros((rows, cols), dtype=bool)  # tiles run through the model
     show = options.progress if options.progress is not None else rows * cols > 4 * batch_size
@@ -274,6 +285,7 @@ def map_scene(predictor: "Predictor", scene: Scene, options: Optional[MapOptions
         if block.evidence is not None:
             layers["water"][block.cell_rows] = block.evidence.water
             layers["ndvi"][block.cell_rows] = block.evidence.ndvi
+            layers["cloud"][block.cell_rows] = block.evidence.cloud
         n = block.tiles.shape[0]
         # A tile is worth classifying when any of the k x k cells it covers is not masked.
         free = reason[block.i0:block.i0 + n + k - 1] == 0

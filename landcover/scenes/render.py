@@ -151,6 +151,9 @@ def map_legend_entries(scene_map: SceneMap) -> list[tuple[tuple[int, int, int], 
                for i, name in enumerate(scene_map.labels)]
     for reason, row in scene_map.masked_table().items():
         entries.append((MASK_COLOURS[reason], f"masked: {reason}  {row['km2']:.3f} km2"))
+    if scene_map.cloud_flagged.any():
+        km2 = int(scene_map.cloud_flagged.sum()) * scene_map.cell_area_km2
+        entries.append((MASK_COLOURS["cloud"], f"of which cloud/haze suspected (class kept)  {km2:.3f} km2"))
     if scene_map.uncertain.any():
         km2 = int(scene_map.uncertain.sum()) * scene_map.cell_area_km2
         entries.append((MASK_COLOURS["uncertain"], f"uncertain (top-1 < {scene_map.min_confidence:g})  {km2:.3f} km2"))
