@@ -220,7 +220,8 @@ def test_raw_gradio_api_calls_keep_no_state_per_call(predictor, tmp_path):
     import asyncio
     import sys
 
-    from landcover.app.blocks import ANALYTICS_EVENTS, ANALYTICS_EVERY, STATE_SESSIONS, build_app
+    from landcover.app.blocks import STATE_SESSIONS, build_app
+    from landcover.app.gradio_compat import ANALYTICS_EVENTS, ANALYTICS_EVERY
 
     sys.path.insert(0, str(ROOT / "bench"))
     import load_app
@@ -252,7 +253,8 @@ def test_lazy_session_state_reads_like_gradios_own(predictor):
     import gradio as gr
     from gradio.state_holder import SessionState
 
-    from landcover.app.blocks import _lean_state_holder_classes, build_demo
+    from landcover.app.blocks import build_demo
+    from landcover.app.gradio_compat import _lean_state_holder_classes
 
     lazy_class, _ = _lean_state_holder_classes()
     demo = build_demo(predictor)
@@ -352,14 +354,15 @@ def test_readme_space_front_matter():
 
 def test_temp_file_sweep_survives_uploads_arriving_while_it_runs_and_keeps_examples(tmp_path, monkeypatch):
     """The sweep deletes old temp files, forgets missing ones and keeps example files; an upload arriving while it
-    deletes (another thread adding to the set) breaks Gradio 6.31's sweep, which iterates over the live set, and
-    not this one."""
+    deletes (another thread adding to the set) does not stop it. The patch is needed while the pinned Gradio's own
+    sweep, which iterates over the live set, still dies there: when an upgrade fixes that, this test says so and
+    the patch can go."""
     import os
     from types import SimpleNamespace
 
     from gradio.route_utils import delete_files_created_by_app
 
-    from landcover.app.blocks import sweep_temp_files
+    from landcover.app.gradio_compat import sweep_temp_files
 
     def make_blocks():
         files = [tmp_path / f"upload{i}.png" for i in range(4)]
@@ -393,3 +396,24 @@ def test_temp_file_sweep_survives_uploads_arriving_while_it_runs_and_keeps_examp
     assert not any(f.exists() for f in files) and example.exists()
     assert uploads == {str(f) for f in arrived} and all(f.exists() for f in arrived)  # left for the next sweep
     assert blocks.temp_file_sets[1] == {str(example)}
+
+
+def test_gradio_patches_step_aside_on_another_gradio_release(predictor, monkeypatch, caplog):
+    """On a Gradio release other than the pinned one, every patch warns and Gradio's own behaviour stays."""
+    import gradio
+
+    from landcover.app import gradio_compat
+    from landcover.app.blocks import build_app, build_demo
+
+    assert gradio.__version__ == gradio_compat.GRADIO_VERSION  # requirements.txt pins the release
+    monkeypatch.setattr(gradio, "__version__", "6.99.0")
+    with caplog.at_level("WARNING", logger="landcover.app.gradio_compat"):
+        demo = build_demo(predictor)
+        app = build_app(predictor, demo)
+    assert demo._queue.ANALYTICS_MAX_EVENTS != gradio_compat.ANALYTICS_EVENTS  # Gradio's default
+    assert demo.delete_cache is not None  # Gradio's own sweep
+    lazy_class, _ = gradio_compat._lean_state_holder_classes()
+    assert not isinstance(app.state.demo.state_holder["s"], lazy_class)
+    assert sum("is not applied" in r.getMessage() for r in caplog.records) == 3
+    with running_app(app) as url:  # and it serves
+        assert httpx.get(url + "/health").status_code == 200

@@ -14,30 +14,25 @@ Serving settings, each stated once here (measured in ``docs/reliability.md``):
 * Gradio keeps a ``SessionState`` (a copy of every component's config) per session, and every raw API call
   (``POST /gradio_api/call/predict`` without a session) is a new session; with Gradio's default capacity of
   10,000 sessions that was ~60 KB per request of memory growth. This app keeps no per-session state, so
-  :data:`STATE_SESSIONS` bounds it, and :class:`LazySessionState` builds the config copies only when read
-  (9-12 ms of CPU per raw API call otherwise).
-* Gradio's queue keeps :data:`ANALYTICS_EVENTS` event records for its monitoring summary and recomputes the
-  summary every :data:`ANALYTICS_EVERY` events (:func:`bound_queue_analytics`; by default 10,000 and every event).
-* Uploads live in Gradio's temp folder; :func:`temp_file_sweeper` removes them :data:`UPLOAD_TTL_S` after upload.
+  :data:`STATE_SESSIONS` bounds it.
+* Everything that reaches into Gradio's internals (lazy session state, bounded queue analytics, the temp-file
+  sweep, finding the mounted app) lives in :mod:`landcover.app.gradio_compat`, pinned to one Gradio release.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import copy
 import csv
-import functools
 import logging
-import os
 import re
 import tempfile
 import time
 import uuid
-from collections.abc import MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from landcover.app.gradio_compat import (UPLOAD_TTL_S, bound_queue_analytics,
+                                         mounted_gradio_app, replace_temp_file_sweep, use_lazy_session_state)
 from landcover.inference.batching import PatchClassifier
 from landcover.readers.imageio import MAX_PIXELS, MAX_UPLOAD_BYTES, UploadError, limit_pil_pixels, open_image_file
 from landcover.core.labels import GROUND_SAMPLING_M, PATCH_SIZE_PX
@@ -55,12 +50,6 @@ PATCH_ID = "patch"  # concurrency id of the single-patch /predict endpoint
 MAX_BATCH = 32  # single-patch requests merged into one forward pass at most (= jobs at once on PATCH_ID)
 QUEUE_MAX = 64  # waiting Gradio jobs beyond this are refused ("queue full"); /classify answers 503 likewise
 STATE_SESSIONS = 64  # Gradio sessions whose (unused) state is kept; the default 10,000 grew without bound
-# Gradio's queue records every event for its monitoring summary (10,000 kept) and recomputes that summary, a pandas
-# DataFrame of all records, after every event: 20 ms of CPU per event at 10,000 records, 6.4 ms at 1,000.
-ANALYTICS_EVENTS = 1000  # records kept
-ANALYTICS_EVERY = 100  # events between two recomputations (the summary is at most this many events old)
-UPLOAD_TTL_S = 300  # uploads older than this are deleted from Gradio's temp folder, checked every minute
-SWEEP_EVERY_S = 60
 TOP_K = 5
 MAX_BATCH_FILES = 64
 EXAMPLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
@@ -328,158 +317,10 @@ def build_demo(predictor: "Predictor", examples_dir: Optional[str | Path] = None
             _model_tab(predictor)
         add_scene_tabs(predictor, concurrency_id=INFERENCE_ID)
     demo.queue(default_concurrency_limit=HEAVY_CONCURRENCY, max_size=QUEUE_MAX)
-    bound_queue_analytics(demo._queue)
+    bound_queue_analytics(demo)
     demo.state_session_capacity = STATE_SESSIONS
     demo.patch_classifier = classifier
     return demo
-
-
-_PENDING = object()  # a config copy not built yet
-
-
-class LazyConfigs(MutableMapping):
-    """The per-component config copies of one Gradio session, each built when first read.
-
-    Gradio 6.31's ``SessionState`` builds ``config_for_block`` of every component (52 here: 9-12 ms of CPU) for each
-    new session, and every raw API call is a new session, though an event reads only the entries of its own inputs
-    and outputs (all of them only for deep links). An entry built late is the one Gradio built early: the block it
-    is built from is replaced only by ``SessionState.__setitem__``, which writes the entry itself.
-    """
-
-    def __init__(self, blocks_config, block_ids):
-        self._blocks_config = blocks_config
-        self._data = dict.fromkeys((k for k in blocks_config.blocks if k in block_ids), _PENDING)
-
-    def __getitem__(self, key):
-        value = self._data[key]
-        if value is _PENDING:
-            value = self._data[key] = self._blocks_config.config_for_block(key, [], self._blocks_config.blocks[key])
-        return value
-
-    def __setitem__(self, key, value) -> None:
-        self._data[key] = value
-
-    def __delitem__(self, key) -> None:
-        del self._data[key]
-
-    def __contains__(self, key) -> bool:
-        return key in self._data
-
-    def __iter__(self):
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def built(self) -> int:
-        """How many entries have been built so far."""
-        return sum(value is not _PENDING for value in self._data.values())
-
-
-@functools.lru_cache(maxsize=None)
-def _lean_state_holder_classes():
-    """``(LazySessionState, LeanStateHolder)``: Gradio's session state with :class:`LazyConfigs`."""
-    from gradio.state_holder import SessionState, StateHolder
-
-    class LazySessionState(SessionState):
-        """Gradio's ``SessionState`` with its ``config_values`` a :class:`LazyConfigs`."""
-
-        def __init__(self, blocks):  # noqa: D107 - Gradio's attributes, the config copies deferred
-            self.blocks_config = copy.copy(blocks.default_config)
-            self.config_values = LazyConfigs(self.blocks_config, blocks.blocks)
-            self.state_data: dict[int, Any] = {}
-            self._state_ttl: dict = {}
-            self.is_closed = False
-            self.STATE_TTL_WHEN_CLOSED = 1 if os.getenv("GRADIO_IS_E2E_TEST", None) else 3600
-
-    class LeanStateHolder(StateHolder):
-        """Gradio's ``StateHolder`` making :class:`LazySessionState` sessions."""
-
-        def __getitem__(self, session_id: str):
-            if session_id not in self.session_data:
-                self.session_data[session_id] = LazySessionState(self.blocks)
-            return super().__getitem__(session_id)
-
-    return LazySessionState, LeanStateHolder
-
-
-def use_lazy_session_state(gradio_app) -> None:
-    """Give a mounted Gradio ``App`` (and its Blocks) a holder of :class:`LazySessionState` sessions."""
-    _, holder_class = _lean_state_holder_classes()
-    holder = holder_class()
-    holder.set_blocks(gradio_app.get_blocks())  # also sets blocks.state_holder and the session capacity
-    gradio_app.state_holder = holder
-
-
-def bound_queue_analytics(queue, keep: int = ANALYTICS_EVENTS, every: int = ANALYTICS_EVERY) -> None:
-    """Keep ``keep`` event records in a Gradio queue and recompute its monitoring summary every ``every`` events.
-
-    Gradio reads these two settings from ``GRADIO_ANALYTICS_MAX_EVENTS`` and ``GRADIO_ANALYTICS_CACHE_FREQUENCY``
-    when the queue is made; they are set on this app's queue instead of in the environment of the whole process.
-    """
-    settings = {"ANALYTICS_MAX_EVENTS": keep, "ANAYLTICS_CACHE_FREQUENCY": every}  # sic: Gradio's spelling
-    missing = [name for name in settings if not hasattr(queue, name)]
-    if missing:  # another Gradio version: serving still works, at Gradio's per-event cost
-        logger.warning("Gradio's queue has no %s; its event analytics stay at Gradio's defaults", missing)
-        return
-    for name, value in settings.items():
-        setattr(queue, name, value)
-
-
-def sweep_temp_files(blocks, age: Optional[float]) -> int:
-    """Delete the Gradio temp files of ``blocks`` created more than ``age`` seconds ago (all with None).
-
-    Gradio's own ``delete_cache`` sweep (6.31) iterates over the live file sets that uploads add to from the event
-    loop while it runs in a worker thread; under steady load it died on its first ``RuntimeError: Set changed size
-    during iteration`` (the soak's app log), and from then on nothing was deleted: the temp folder grew by ~21
-    files/s. This sweep iterates over copies and keeps what components mark ``keep_in_cache`` (examples).
-
-    Returns:
-        The number of files deleted.
-    """
-    keep = set()
-    for component in list(blocks.blocks.values()):
-        keep.update(getattr(component, "keep_in_cache", set()))
-    now, removed = time.time(), 0
-    for file_set in list(blocks.temp_file_sets):
-        for file in list(file_set):
-            if file in keep:
-                continue
-            try:
-                if age is None or now - os.lstat(file).st_ctime > age:
-                    os.remove(file)
-                    removed += 1
-                    file_set.discard(file)
-            except FileNotFoundError:
-                file_set.discard(file)
-            except OSError as err:  # e.g. a directory or a permission problem: log, keep sweeping the rest
-                logger.warning("could not delete temp file %s: %s", file, err)
-    return removed
-
-
-@contextlib.asynccontextmanager
-async def temp_file_sweeper(blocks, every: float = SWEEP_EVERY_S, age: float = UPLOAD_TTL_S):
-    """Run :func:`sweep_temp_files` every ``every`` seconds while the server runs, and delete all at shutdown."""
-
-    async def loop():
-        while True:
-            await asyncio.sleep(every)
-            try:
-                removed = await asyncio.to_thread(sweep_temp_files, blocks, age)
-            except Exception:  # noqa: BLE001 - a failed sweep must not end the sweeping
-                logger.exception("temp file sweep failed")
-                continue
-            if removed:
-                logger.info("deleted %d temp files older than %.0f s", removed, age)
-
-    task = asyncio.create_task(loop())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        sweep_temp_files(blocks, None)
 
 
 def build_app(predictor: "Predictor", demo: Optional["gr.Blocks"] = None, *,
@@ -507,29 +348,19 @@ def build_app(predictor: "Predictor", demo: Optional["gr.Blocks"] = None, *,
     demo = demo or build_demo(predictor, examples_dir, max_pixels=max_pixels, max_file_size=max_file_size)
     api = rest_api(predictor, demo.patch_classifier, max_waiting=MAX_BATCH + QUEUE_MAX, concurrency=MAX_BATCH)
     rest_lifespan = api.router.lifespan_context
+    sweeper = replace_temp_file_sweep(demo)  # None where Gradio's own sweep stays
 
     @contextlib.asynccontextmanager
     async def lifespan(app):  # mount_gradio_app wraps this one, so it runs around Gradio's own lifespan
-        async with rest_lifespan(app) as state, temp_file_sweeper(demo):
+        async with rest_lifespan(app) as state, (sweeper() if sweeper else contextlib.nullcontext()):
             yield state
 
     api.router.lifespan_context = lifespan
-    demo.delete_cache = None  # the sweeper replaces Gradio's sweep here (kept for a bare demo.launch())
     api = gr.mount_gradio_app(api, demo, path="/", max_file_size=max_file_size, ssr_mode=False,
                               footer_links=["api", "gradio"], show_error=True)
-    use_lazy_session_state(_mounted_gradio_app(api))
+    use_lazy_session_state(mounted_gradio_app(api))
     api.state.demo = demo
     return wrap_asgi(api, predictor, max_file_size)
-
-
-def _mounted_gradio_app(api):
-    """The Gradio ``App`` that :func:`gradio.mount_gradio_app` mounted on ``api``."""
-    from gradio.routes import App
-
-    for route in api.routes:
-        if isinstance(getattr(route, "app", None), App):
-            return route.app
-    raise RuntimeError("No Gradio app is mounted on the REST app; expected gr.mount_gradio_app to add one.")
 
 
 # Idle keep-alive connections are kept this long. uvicorn's default (5 s) equals httpx's and requests' pool expiry,

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-from landcover.core.labels import PATCH_SIZE_PX
 from landcover.scenes.mapping import MapOptions, SceneMap, map_scene
 from landcover.readers.raster import Scene
 from landcover.scenes.render import MIN_RENDER_PX, add_legend, cell_image, class_colours, display_size, legend_font, render_map
