@@ -76,7 +76,7 @@ def project_loader(paths: list[str], labels: list[int], classes: list[str], args
     import datasets
 
     from landcover.data.eurosat import TensorPatches, collate_batch, decode_split
-    from landcover.data.transforms import augment, make_generator
+    from landcover.data.transforms import InputSpec, augment, make_generator
 
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
     split = datasets.Dataset.from_dict({"image": paths, "label": labels}, features=features)
@@ -90,7 +90,7 @@ def project_loader(paths: list[str], labels: list[int], classes: list[str], args
 
     def batches():
         for images, y in loader:
-            yield augment(images, args.image_size, MEAN, STD, gen), y
+            yield augment(images, InputSpec(args.image_size, MEAN, STD), gen), y
 
     epochs = [time_epoch(batches()) for _ in range(args.epochs)]
     return {"decode_s": decode_s, "epochs": epochs}

@@ -107,9 +107,9 @@ def project_run(args, files, labels) -> dict:
     """Images/s of ``landcover.training.trainer.train_one_epoch`` (and of its data path alone)."""
     from landcover.core.config import TrainConfig
     from landcover.data.eurosat import Patches, TensorPatches, collate_batch
-    from landcover.training.trainer import (_prep, build_model, make_accelerator, make_optimizer, make_scheduler,
-                                    train_one_epoch)
-    from landcover.data.transforms import augment, make_generator
+    from landcover.training.trainer import (Fit, _prep, build_model, make_accelerator, make_optimizer,
+                                            make_scheduler, train_one_epoch, view_spec)
+    from landcover.data.transforms import InputSpec, augment, make_generator
 
     if args.precision != "no":
         os.environ["ACCELERATE_MIXED_PRECISION"] = args.precision  # what `accelerate launch --mixed_precision` sets
@@ -135,16 +135,16 @@ def project_run(args, files, labels) -> dict:
 
     def run(steps: int, epoch: int) -> float:
         cfg.max_steps = steps
-        summary, _ = train_one_epoch(accelerator, model, loader, optimizer, scheduler, criterion, cfg, epoch,
-                                     prep, 0, torch.channels_last)
+        fit = Fit(accelerator, model, optimizer, scheduler, criterion, cfg, prep, torch.channels_last)
+        summary, _ = train_one_epoch(fit, loader, epoch, 0)
         return summary["img_per_s"]
 
     run(args.warmup, 0)
     img_s = run(args.steps, 1)
     # Data path alone: gather + transfer + augment, synchronised once at the end.
     gen = make_generator(0)
-    data_s = time_data_path(loader, args.data_batches, lambda x: augment(
-        x, prep["size"], prep["mean"], prep["std"], gen, cfg.crop_scale, cfg.jitter, torch.channels_last))
+    spec = InputSpec(prep["size"], prep["mean"], prep["std"], torch.channels_last)
+    data_s = time_data_path(loader, args.data_batches, lambda x: augment(x, spec, gen, view_spec(cfg)))
     return {"img_per_s": img_s, "data_img_per_s": data_s, "decode_once_s": decode_s,
             "device": str(accelerator.device), "precision": accelerator.mixed_precision, "compile": cfg.compile}
 

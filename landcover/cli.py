@@ -11,6 +11,7 @@ from typing import Optional
 
 from landcover.core.config import TTA_MODES, TrainConfig, add_dataclass_arguments, tta_choices_help
 from landcover.core.defaults import BACKENDS, DEFAULT_BACKEND
+from landcover.readers.imageio import IMAGE_SUFFIXES
 
 
 def train_main(argv: Optional[list[str]] = None) -> int:
@@ -68,7 +69,6 @@ def _evaluate(args) -> int:
     return 0
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".webp", ".bmp")
 PREDICT_CHUNK = 64  # images decoded and classified at a time (bounded memory for big folders)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import os
 import socket
 import subprocess
@@ -169,7 +168,7 @@ def test_examples_order_model_folder_then_dir_then_none(predictor, tiny_model_di
         find_examples(bare_predictor, tmp_path / "missing")
 
 
-def test_model_panel_shows_name_data_figures_and_no_server_paths(predictor, tiny_model_dir):
+def test_model_panel_shows_name_data_figures_and_no_server_paths(predictor, tiny_model_dir, eurosat_folder):
     import json
 
     from landcover.models.hub import hub_url
@@ -185,7 +184,7 @@ def test_model_panel_shows_name_data_figures_and_no_server_paths(predictor, tiny
     config = build_demo(predictor).get_config_file()
     shown = json.dumps([c.get("props", {}).get("value") for c in config["components"]
                         if c.get("type") in ("markdown", "html", "dataframe")])
-    for private in {str(Path(tiny_model_dir)), str(Path(tiny_model_dir).parent), str(Path(metrics["dataset"]).parent)}:
+    for private in {str(Path(tiny_model_dir)), str(Path(tiny_model_dir).parent), str(eurosat_folder)}:
         assert private not in shown, private
     labels = [c.get("props", {}).get("label") for c in config["components"] if c.get("type") == "image"]
     assert "Confusion matrix (test split)" in labels and "Training curves" in labels

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from datagen import write_imagefolder, write_parquet
-from landcover.data.eurosat import ClassMismatchError, load_eurosat, stratified_subset
+from landcover.data.eurosat import ClassMismatchError, SplitSpec, load_eurosat, stratified_subset
 from landcover.core.labels import EUROSAT_CLASSES
 import torch.nn.functional as F
 
-from landcover.data.transforms import (CROP_GROUPS, ViewParams, augment, augment_with_clean_view, colour_normalise,
-                                  crop_resize_d4, draw_view_params, jpeg_recompress, make_generator, preprocess,
-                                  retain_freed_host_memory)
+from landcover.data.transforms import (CROP_GROUPS, InputSpec, ViewParams, ViewSpec, augment, augment_with_clean_view,
+                                       colour_normalise, crop_resize_d4, draw_view_params, jpeg_recompress,
+                                       make_generator, preprocess, retain_freed_host_memory)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -25,7 +25,7 @@ def _class_counts(patches, class_names) -> dict[str, int]:
 
 
 def test_imagefolder_stratified_split_is_seeded_complete_and_labelled(eurosat_folder):
-    data = load_eurosat(str(eurosat_folder), seed=42)
+    data = load_eurosat(str(eurosat_folder), SplitSpec(42))
     assert data.class_names == list(EUROSAT_CLASSES)
     assert data.split_origin.startswith("stratified 70/10/20")
     # 24 per class -> round(2.4) = 2 validation, round(4.8) = 5 test, 17 train, in every class.
@@ -39,23 +39,28 @@ def test_imagefolder_stratified_split_is_seeded_complete_and_labelled(eurosat_fo
         assert [f.split("/")[0] for f in patches.files] == [data.class_names[i] for i in patches.labels.tolist()]
         assert patches.images.dtype == torch.uint8 and patches.images.shape[1:] == (3, 64, 64)
 
-    again = load_eurosat(str(eurosat_folder), seed=42)
+    again = load_eurosat(str(eurosat_folder), SplitSpec(42))
     assert again.split_files() == files
     assert all(torch.equal(again.splits[k].images, data.splits[k].images) for k in files)
-    other = load_eurosat(str(eurosat_folder), seed=7)
+    other = load_eurosat(str(eurosat_folder), SplitSpec(7))
     assert other.split_files()["test"] != files["test"]
 
 
 def test_model_folder_records_the_split_file_lists(eurosat_folder, tiny_model_dir):
     recorded = json.loads((tiny_model_dir / "splits.json").read_text())
     assert recorded["seed"] == 42
-    assert recorded["files"] == load_eurosat(str(eurosat_folder), seed=42).split_files()
+    assert recorded["files"] == load_eurosat(str(eurosat_folder), SplitSpec(42)).split_files()
     # The recorded lists reproduce the split even when a different seed is asked for.
-    replay = load_eurosat(str(eurosat_folder), seed=999, recorded_splits=recorded["files"])
+    replay = load_eurosat(str(eurosat_folder), SplitSpec(999), recorded_splits=recorded["files"])
     assert replay.split_files() == recorded["files"]
-    # The data is named as it was given (not resolved to this machine's absolute path).
+    # Records others read name a local data folder EUROSAT_DIR, never this machine's path (they are pushed).
     metrics = json.loads((tiny_model_dir / "metrics.json").read_text())
-    assert recorded["source"] == metrics["dataset"] == str(eurosat_folder)
+    config = json.loads((tiny_model_dir / "train_config.json").read_text())
+    assert recorded["source"] == metrics["dataset"] == config["dataset"] == "EUROSAT_DIR"
+    assert config["output_dir"] == Path(config["output_dir"]).name
+    for name in ("metrics.json", "train_config.json", "splits.json", "README.md"):
+        assert str(eurosat_folder) not in (tiny_model_dir / name).read_text(), name
+    assert "EUROSAT_DIR: a local EuroSAT RGB folder" in (tiny_model_dir / "README.md").read_text()
 
 
 def test_model_records_replace_this_machines_prefixes():
@@ -72,8 +77,8 @@ def test_model_records_replace_this_machines_prefixes():
 def test_one_split_decodes_only_its_own_images(tmp_path, recwarn):
     """``evaluate --split test`` decodes the test files only: a broken training file is never even opened."""
     folder = write_imagefolder(tmp_path / "data", per_class=10)
-    recorded = load_eurosat(str(folder), seed=42).split_files()
-    full_test = load_eurosat(str(folder), seed=42).splits["test"]
+    recorded = load_eurosat(str(folder), SplitSpec(42)).split_files()
+    full_test = load_eurosat(str(folder), SplitSpec(42)).splits["test"]
     broken = folder / recorded["train"][0]
     broken.write_bytes(b"this training file is broken")
     recwarn.clear()
@@ -92,7 +97,7 @@ def test_parquet_own_splits_decode_only_the_requested_one(parquet_folder):
 
 
 def test_parquet_uses_the_datasets_own_splits(parquet_folder):
-    data = load_eurosat(str(parquet_folder), seed=123)
+    data = load_eurosat(str(parquet_folder), SplitSpec(123))
     assert data.split_origin == "dataset's own splits"
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 160, "validation": 40, "test": 60}
     assert _class_counts(data.splits["test"], data.class_names) == {c: 6 for c in EUROSAT_CLASSES}
@@ -101,7 +106,7 @@ def test_parquet_uses_the_datasets_own_splits(parquet_folder):
 
 def test_parquet_with_only_a_train_split_gets_a_stratified_split(tmp_path):
     folder = write_parquet(tmp_path / "pq", per_class={"train": 10})
-    data = load_eurosat(str(folder), seed=3)
+    data = load_eurosat(str(folder), SplitSpec(3))
     assert data.split_origin.startswith("stratified 70/10/20 split of train")
     for name, per_class in {"train": 7, "validation": 1, "test": 2}.items():
         assert _class_counts(data.splits[name], data.class_names) == {c: per_class for c in EUROSAT_CLASSES}
@@ -128,13 +133,13 @@ def test_allow_custom_classes_takes_labels_from_the_data(tmp_path):
 
 
 def test_max_train_samples_is_a_stratified_reproducible_subset(eurosat_folder):
-    full = load_eurosat(str(eurosat_folder), seed=42)
-    small = load_eurosat(str(eurosat_folder), seed=42, max_train_samples=50)
+    full = load_eurosat(str(eurosat_folder), SplitSpec(42))
+    small = load_eurosat(str(eurosat_folder), SplitSpec(42), max_train_samples=50)
     assert len(small.splits["train"]) == 50
     assert _class_counts(small.splits["train"], small.class_names) == {c: 5 for c in EUROSAT_CLASSES}
     assert set(small.splits["train"].files) < set(full.splits["train"].files)
     assert small.split_files()["test"] == full.split_files()["test"]  # only train is subsampled
-    assert load_eurosat(str(eurosat_folder), seed=42, max_train_samples=50).split_files() == small.split_files()
+    assert load_eurosat(str(eurosat_folder), SplitSpec(42), max_train_samples=50).split_files() == small.split_files()
 
 
 def test_stratified_subset_has_exactly_n_in_proportion():
@@ -189,7 +194,7 @@ def test_crop_resize_d4_gives_exactly_the_8_distinct_symmetries():
 def test_crop_resize_d4_is_crop_then_symmetry_then_antialiased_resize(size):
     gen = torch.Generator().manual_seed(3)
     images = torch.randint(0, 256, (16, 3, 64, 64), dtype=torch.uint8, generator=gen)
-    params = draw_view_params(16, 64, 64, 0.5, 0.0, make_generator(4), groups=4)
+    params = draw_view_params(16, 64, 64, make_generator(4), ViewSpec(0.5, 0.0, groups=4))
     fast = crop_resize_d4(images, size, params)  # CPU: uint8 resize
     exact = crop_resize_d4(images, size, params, keep_uint8=False)  # the GPU path: float resize
     assert fast.dtype == torch.uint8 and exact.dtype == torch.float32
@@ -222,8 +227,8 @@ def test_d4_codes_follow_the_documented_bits():
 
 
 def test_draw_view_params_keeps_crops_inside_and_draws_everything():
-    p = draw_view_params(64, 20, 20, 0.36, 0.1, make_generator(1))
-    p8 = draw_view_params(64, 20, 20, 0.36, 0.1, make_generator(1), groups=8)
+    p = draw_view_params(64, 20, 20, make_generator(1), ViewSpec(0.36, 0.1))
+    p8 = draw_view_params(64, 20, 20, make_generator(1), ViewSpec(0.36, 0.1, groups=8))
     assert [g[:2] for g in p8.groups] == [(8 * i, 8 * i + 8) for i in range(8)]
     assert len(p.groups) == CROP_GROUPS and p.groups[-1][1] == 64
     assert len({g[2] for g in p8.groups}) > 2 and all(12 <= g[2] <= 20 and g[2] == g[3] for g in p8.groups)
@@ -231,12 +236,12 @@ def test_draw_view_params_keeps_crops_inside_and_draws_everything():
         assert bool((p.corner[first:stop] >= 0).all() and (p.corner[first:stop] <= 20 - ch).all())
     assert set(p.symmetry.tolist()) == set(range(8))
     assert p.jitter.shape == (64, 3) and float(p.jitter.min()) >= 0.9 and float(p.jitter.max()) <= 1.1
-    wide = draw_view_params(64, 12, 20, 0.5, 0.0, make_generator(1))
+    wide = draw_view_params(64, 12, 20, make_generator(1), ViewSpec(0.5, 0.0))
     assert wide.jitter is None and set(wide.symmetry.tolist()) <= {0, 2, 4, 6}  # no transpose when non-square
-    full = draw_view_params(5, 16, 16, 1.0, 0.0, make_generator(1))
+    full = draw_view_params(5, 16, 16, make_generator(1), ViewSpec(1.0, 0.0))
     assert all(g[2:] == (16, 16) for g in full.groups) and not bool(full.corner.any())
     with pytest.raises(ValueError, match="crop_scale"):
-        draw_view_params(4, 16, 16, 0.0, 0.0, make_generator(1))
+        draw_view_params(4, 16, 16, make_generator(1), ViewSpec(0.0, 0.0))
 
 
 def test_preprocess_at_native_size_is_a_pure_normalise():
@@ -253,17 +258,17 @@ def test_preprocess_at_native_size_is_a_pure_normalise():
 def test_augment_is_seeded_and_label_preserving():
     images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
     # Without crop and jitter, every view is one of the 8 symmetries of its own (normalised) image.
-    views = augment(images, 16, MEAN, STD, make_generator(5), crop_scale=1.0, jitter=0.0)
+    views = augment(images, InputSpec(16, MEAN, STD), make_generator(5), ViewSpec(crop_scale=1.0, jitter=0.0))
     base = preprocess(images, 16, MEAN, STD).numpy()
     candidates = torch.stack([torch.from_numpy(np.ascontiguousarray(np.stack([_d4_reference(b)[g] for b in base])))
                               for g in range(8)])  # (8, N, 3, H, W)
     match = (candidates - views[None]).abs().amax(dim=(2, 3, 4)) < 1e-6
     assert bool(match.any(0).all())
     assert len(set(match.float().argmax(0).tolist())) > 4  # the symmetries are actually drawn
-    full = augment(images, 12, MEAN, STD, make_generator(5))
+    full = augment(images, InputSpec(12, MEAN, STD), make_generator(5))
     assert full.shape == (32, 3, 12, 12) and bool(torch.isfinite(full).all())
-    assert torch.equal(full, augment(images, 12, MEAN, STD, make_generator(5)))
-    assert not torch.equal(full, augment(images, 12, MEAN, STD, make_generator(6)))
+    assert torch.equal(full, augment(images, InputSpec(12, MEAN, STD), make_generator(5)))
+    assert not torch.equal(full, augment(images, InputSpec(12, MEAN, STD), make_generator(6)))
     lo, hi = (-torch.tensor(MEAN) / torch.tensor(STD)), (1 - torch.tensor(MEAN)) / torch.tensor(STD)
     per_channel = full.transpose(0, 1).reshape(3, -1)
     assert bool((per_channel.min(1).values >= lo - 1e-5).all() and (per_channel.max(1).values <= hi + 1e-5).all())
@@ -273,7 +278,7 @@ def test_crop_resize_d4_crops_inside_the_image():
     # A patch whose left half is 0 and right half 255: a crop of >= 60 % of the side always shows both.
     images = torch.zeros(64, 3, 20, 20, dtype=torch.uint8)
     images[..., 10:] = 255
-    params = draw_view_params(64, 20, 20, 0.36, 0.0, make_generator(1))
+    params = draw_view_params(64, 20, 20, make_generator(1), ViewSpec(0.36, 0.0))
     params.symmetry.zero_()
     out = crop_resize_d4(images, 20, params, keep_uint8=False) / 255
     assert float(out.min()) == 0.0 and float(out.max()) == pytest.approx(1.0, abs=1e-6)
@@ -319,28 +324,30 @@ def test_retain_freed_host_memory_takes_effect_on_glibc():
 def test_clean_view_shares_the_geometry_and_skips_the_radiometry():
     """The teacher's view of a distillation step: the student's crop, symmetry and jitter, no radiometric change."""
     images = torch.randint(0, 256, (16, 3, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
-    student, clean = augment_with_clean_view(images, images, 16, MEAN, STD, make_generator(9), radiometric=1.0)
+    student, clean = augment_with_clean_view(images, images, InputSpec(16, MEAN, STD), make_generator(9),
+                                            ViewSpec(radiometric=1.0))
     # The radiometry is drawn after everything else, so the same seed without it gives the same geometry.
-    assert torch.equal(clean, augment(images, 16, MEAN, STD, make_generator(9), radiometric=0.0))
-    assert torch.equal(student, augment(images, 16, MEAN, STD, make_generator(9), radiometric=1.0))
+    assert torch.equal(clean, augment(images, InputSpec(16, MEAN, STD), make_generator(9), ViewSpec(radiometric=0.0)))
+    assert torch.equal(student, augment(images, InputSpec(16, MEAN, STD), make_generator(9), ViewSpec(radiometric=1.0)))
     assert (student - clean).abs().amax(dim=(1, 2, 3)).min() > 0.05  # every image's colours changed
-    plain, same = augment_with_clean_view(images, images, 16, MEAN, STD, make_generator(9), radiometric=0.0)
+    plain, same = augment_with_clean_view(images, images, InputSpec(16, MEAN, STD), make_generator(9),
+                                          ViewSpec(radiometric=0.0))
     assert torch.equal(plain, same)
-    other_stats = augment_with_clean_view(images, images, 16, MEAN, STD, make_generator(9), clean_mean=(0.5,) * 3,
-                                          clean_std=(0.5,) * 3)[1]
+    other_stats = augment_with_clean_view(images, images, InputSpec(16, MEAN, STD), make_generator(9), ViewSpec(),
+                                          InputSpec(16, (0.5,) * 3, (0.5,) * 3))[1]
     torch.testing.assert_close(other_stats * 0.5 + 0.5, same * torch.tensor(STD).view(1, 3, 1, 1)
                                + torch.tensor(MEAN).view(1, 3, 1, 1), rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="must match"):
-        augment_with_clean_view(images, images[:8], 16, MEAN, STD, make_generator(9))
+        augment_with_clean_view(images, images[:8], InputSpec(16, MEAN, STD), make_generator(9))
 
 
 def test_augment_accepts_any_memory_layout_and_non_square_images():
     images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(8))
-    reference = augment(images, 24, MEAN, STD, make_generator(3))
+    reference = augment(images, InputSpec(24, MEAN, STD), make_generator(3))
     for layout in (images.contiguous(memory_format=torch.channels_last), images.transpose(-1, -2).transpose(-1, -2)):
-        torch.testing.assert_close(augment(layout, 24, MEAN, STD, make_generator(3)), reference, rtol=0, atol=1e-6)
+        torch.testing.assert_close(augment(layout, InputSpec(24, MEAN, STD), make_generator(3)), reference, rtol=0, atol=1e-6)
     wide = torch.randint(0, 256, (6, 3, 12, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(9))
-    out = augment(wide, 16, MEAN, STD, make_generator(3))
+    out = augment(wide, InputSpec(16, MEAN, STD), make_generator(3))
     assert out.shape == (6, 3, 16, 16) and bool(torch.isfinite(out).all())
 
 

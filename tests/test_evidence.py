@@ -291,3 +291,25 @@ def test_bright_white_cells_are_flagged_as_cloud_but_keep_their_class(predictor,
                                                       "red": np.array([0.3, 0.1, 0.1]),
                                                       "nir": np.array([0.3, 0.3, 0.3])}),
                                [True, False, False])  # white and bright / bright but blue / dark
+
+
+def test_a_scene_in_degrees_gets_geodesic_pixel_sizes_and_is_resampled_to_10_m(tmp_path):
+    """EPSG:4326 pixels of 1e-4 degrees at 52 N: ~6.9 m east-west, ~11.1 m north-south on WGS 84 (geodesic), not
+    a spherical rule of thumb; the scene is read on a 10 m grid with the same ground area."""
+    import rasterio
+    from pyproj import Geod
+
+    transform = Affine(1e-4, 0, 13.0, 0, -1e-4, 52.0 + 200 * 1e-4)
+    data = np.full((3, 400, 400), 1200, dtype=np.uint16)
+    with rasterio.open(tmp_path / "deg.tif", "w", driver="GTiff", height=400, width=400, count=3, dtype="uint16",
+                       crs="EPSG:4326", transform=transform) as dst:
+        dst.write(data)
+    geod = Geod(ellps="WGS84")
+    mx = geod.inv(13.02 - 5e-5, 52.0, 13.02 + 5e-5, 52.0)[2]
+    my = geod.inv(13.02, 52.0 - 5e-5, 13.02, 52.0 + 5e-5)[2]
+    assert 6.8 < mx < 7.0 and 11.1 < my < 11.2
+    with raster.open_scene(tmp_path / "deg.tif") as scene:
+        assert scene.grid.resampled and "degrees at latitude 52.000" in scene.grid.pixel_size_source
+        assert scene.width == round(400 * mx / 10) and scene.height == round(400 * my / 10)
+        total = scene.grid.pixel_area_m2 * scene.width * scene.height
+        assert total == pytest.approx(400 * 400 * mx * my, rel=1e-9)

@@ -267,7 +267,7 @@ def test_undecodable_images_are_skipped_counted_and_recorded(reference_run):
     """Decision: an undecodable file is skipped with a warning and listed in metrics.json; a non-image
     extension (``notes.txt``) is not part of an imagefolder at all, so it is neither loaded nor reported."""
     out, r = reference_run
-    assert f"Skipped 2 undecodable image(s) in split 'train'" in r.stderr
+    assert "Skipped 2 undecodable image(s) in split 'train'" in r.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert sorted(metrics["skipped_files"]) == CORRUPT
     assert sum(metrics["split_sizes"].values()) == 160  # the 160 good patches, all used

@@ -97,7 +97,7 @@ def test_multiband_stack_nodata_and_band_selection():
     stack = np.zeros((13,) + dn.shape[1:], dtype=np.uint16) + 500
     stack[3], stack[2], stack[1] = dn  # B04, B03, B02 at bands 4, 3, 2 (EuroSAT-MS order)
     stack[:, :2, :2] = 0  # a nodata corner
-    out, info = rm.to_eurosat_rgb8(stack, nodata=0)
+    out, info = rm.to_eurosat_rgb8(stack, rm.BandMetadata(nodata=0))
     assert info.bands == (4, 3, 2) and "EuroSAT-MS" in info.band_note
     expected = rgb8.copy()
     expected[:, :2, :2] = 0

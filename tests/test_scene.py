@@ -17,7 +17,7 @@ from affine import Affine
 from PIL import Image
 
 from datagen import class_patch
-from landcover.readers import radiometry, raster
+from landcover.readers import raster
 from landcover.scenes import change, export, mapping, render
 from landcover.core.labels import CLASS_COLOURS, EUROSAT_CLASSES, PATCH_SIZE_PX
 from landcover.inference.predictor import Predictor

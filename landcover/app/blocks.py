@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from landcover.app.gradio_compat import (UPLOAD_TTL_S, bound_queue_analytics,
                                          mounted_gradio_app, replace_temp_file_sweep, use_lazy_session_state)
 from landcover.inference.batching import PatchClassifier
-from landcover.readers.imageio import MAX_PIXELS, MAX_UPLOAD_BYTES, UploadError, limit_pil_pixels, open_image_file
+from landcover.readers.imageio import (IMAGE_SUFFIXES, MAX_PIXELS, MAX_UPLOAD_BYTES, UploadError, limit_pil_pixels,
+                                       open_image_file)
 from landcover.core.labels import GROUND_SAMPLING_M, PATCH_SIZE_PX
 
 if TYPE_CHECKING:
@@ -52,7 +53,6 @@ QUEUE_MAX = 64  # waiting Gradio jobs beyond this are refused ("queue full"); /c
 STATE_SESSIONS = 64  # Gradio sessions whose (unused) state is kept; the default 10,000 grew without bound
 TOP_K = 5
 MAX_BATCH_FILES = 64
-EXAMPLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
 
 
 # ---------------------------------------------------------------- model facts
@@ -84,7 +84,7 @@ def find_examples(predictor: "Predictor", examples_dir: Optional[str | Path] = N
 def _images_in(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXAMPLE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _public_name(value: Optional[str]) -> Optional[str]:

@@ -20,12 +20,12 @@ import gradio as gr
 
 from landcover.scenes.change import detect_change, render_change
 from landcover.scenes.export import class_geojson, write_class_geotiff, write_geojson
-from landcover.readers.imageio import TIFF_MAGIC, UnsupportedImage, UploadError, UploadTooLarge
+from landcover.readers.imageio import IMAGE_SUFFIXES, UnsupportedImage, UploadError, UploadTooLarge, is_tiff
 from landcover.scenes.mapping import SceneMap, map_scene
 from landcover.readers.raster import Scene, open_scene
 from landcover.scenes.render import render_map_with_legend, render_overlay, scene_note
 
-SCENE_TYPES = [".png", ".jpg", ".jpeg", ".tif", ".tiff"]
+SCENE_TYPES = [s for s in IMAGE_SUFFIXES if s in (".png", ".jpg", ".jpeg", ".tif", ".tiff")]  # what the tabs open
 STRIDES = [64, 32, 16]
 MAX_SCENE_BYTES = 512 * 2**20  # a full 10980 x 10980 px Sentinel-2 RGB uint16 tile is ~700 MB raw, ~300 MB as COG
 MAX_SCENE_PIXELS = 10980 * 10980  # one Sentinel-2 tile at 10 m
@@ -53,7 +53,7 @@ def check_scene_upload(path: str, max_bytes: int = MAX_SCENE_BYTES) -> None:
                              f"MiB. Crop it, or map it with the command line: `landcover map SCENE --out map.png`.")
     with open(file, "rb") as f:
         head = f.read(8)
-    if not (head[:4] in TIFF_MAGIC or any(head.startswith(m) for m in _IMAGE_MAGIC)):
+    if not (is_tiff(head) or any(head.startswith(m) for m in _IMAGE_MAGIC)):
         raise UnsupportedImage(f"The upload is not a PNG, JPEG or TIFF (it starts with bytes {head.hex(' ')}); "
                                f"expected a scene image or GeoTIFF.")
 

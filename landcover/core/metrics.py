@@ -1,4 +1,8 @@
-"""Classification metrics from a confusion matrix (no sklearn needed)."""
+"""Classification metrics from a confusion matrix.
+
+Hand-written rather than torchmetrics: the whole module is one ``bincount`` and per-class ratios that run on any
+device inside accelerate's gather, and torchmetrics would be a further dependency of every install for them.
+"""
 
 from __future__ import annotations
 

@@ -273,17 +273,23 @@ def _find_split_name(raw, name: str) -> Optional[str]:
     return next((a for a in _SPLIT_ALIASES[name] if a in raw), None)
 
 
-def load_eurosat(ref: str, *, seed: int = 42, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                 allow_custom_classes: bool = False, max_train_samples: Optional[int] = None,
-                 recorded_splits: Optional[dict[str, list[str]]] = None, splits: Sequence[str] = SPLITS,
-                 flag: str = "--dataset") -> EuroSAT:
+@dataclass(frozen=True)
+class SplitSpec:
+    """How a dataset without its own validation or test split is split: stratified shares and their seed."""
+
+    seed: int = 42
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+
+
+def load_eurosat(ref: str, split: SplitSpec = SplitSpec(), *, allow_custom_classes: bool = False,
+                 max_train_samples: Optional[int] = None, recorded_splits: Optional[dict[str, list[str]]] = None,
+                 splits: Sequence[str] = SPLITS, flag: str = "--dataset") -> EuroSAT:
     """Load and decode a EuroSAT-style dataset into train/validation/test :class:`Patches`.
 
     Args:
         ref: Hub dataset id (``timm/eurosat-rgb``), or a local imagefolder / parquet folder.
-        seed: Seed of the stratified split, used when the dataset lacks a validation or test split.
-        val_fraction: Validation share for a generated split.
-        test_fraction: Test share for a generated split.
+        split: Seed and shares of the stratified split, used when the dataset lacks a validation or test split.
         allow_custom_classes: Accept classes other than the ten EuroSAT ones.
         max_train_samples: Keep a stratified subset of this many training patches.
         recorded_splits: File lists per split (``splits.json`` of a model folder); when given, these
@@ -319,11 +325,10 @@ def load_eurosat(ref: str, *, seed: int = 42, val_fraction: float = 0.1, test_fr
     else:
         decoded = {name: decode(part) for name, part in indexed.items()
                    if not own["train"] or name == own["train"] or name in (own[s] for s in splits)}
-        out, origin = _make_splits(decoded, raw, {n: own[n] is not None for n in SPLITS}, seed, val_fraction,
-                                   test_fraction)
+        out, origin = _make_splits(decoded, raw, {n: own[n] is not None for n in SPLITS}, split)
         out = {name: out[name] for name in splits}
     if max_train_samples and "train" in out and max_train_samples < len(out["train"]):
-        out["train"] = out["train"].subset(stratified_subset(out["train"].labels, max_train_samples, seed))
+        out["train"] = out["train"].subset(stratified_subset(out["train"].labels, max_train_samples, split.seed))
     return EuroSAT(out, class_names, source, origin, skipped)
 
 
@@ -340,12 +345,12 @@ def _recorded(indexed: dict[str, RawSplit], recorded: dict[str, list[str]], spli
     return {name: decode(everything.take([position[f] for f in recorded.get(name, [])], name)) for name in splits}
 
 
-def _make_splits(decoded, raw, own, seed, val_fraction, test_fraction):
+def _make_splits(decoded, raw, own, split: SplitSpec):
     missing = [n for n in SPLITS if not own[n]]
     # Carve the missing splits out of the train split (or out of everything if there is no train split).
     base = decoded[_find_split_name(raw, "train")] if own["train"] else _concat(list(decoded.values()))
     fractions = {"train": 1.0}
-    share = {"validation": val_fraction, "test": test_fraction}
+    seed, share = split.seed, {"validation": split.val_fraction, "test": split.test_fraction}
     for n in missing:
         if n != "train":
             fractions[n] = share[n]

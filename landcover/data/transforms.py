@@ -155,6 +155,8 @@ def jpeg_recompress(images: torch.Tensor, probability: float, generator: torch.G
                     quality: tuple[int, int] = JPEG_QUALITY) -> torch.Tensor:
     """Re-encode a share of a uint8 ``(N, 3, H, W)`` batch as JPEG (PIL defaults: 4:2:0 chroma) and decode it.
 
+    PIL rather than kornia's differentiable JPEG: this is the real codec (chroma subsampling, quantisation tables)
+    users' files went through, and it runs on the host either way.
     Users feed JPEG quick-looks and screenshots; EuroSAT's own patches are JPEGs of one quality, and a
     second compression alone cost the model without this augmentation 4 points on validation (q85: 0.961 ->
     0.920). The quality is drawn per image, uniform in ``quality``; only the chosen images leave the device.
@@ -173,17 +175,41 @@ def jpeg_recompress(images: torch.Tensor, probability: float, generator: torch.G
     return out
 
 
-def draw_view_params(n: int, height: int, width: int, crop_scale: float, jitter: float,
-                     generator: torch.Generator, groups: int = CROP_GROUPS, radiometric: float = 0.0,
-                     radiometry_ranges: Optional[dict] = None) -> ViewParams:
+@dataclass(frozen=True)
+class InputSpec:
+    """The model input a uint8 batch becomes: its side in px, normalisation and memory layout."""
+
+    size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    memory_format: torch.memory_format = torch.contiguous_format
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """How training views are drawn (the augmentation flags of ``TrainConfig``).
+
+    ``crop_scale``: smallest kept share of the area; ``jitter``: colour jitter factors in ``1 ± jitter``;
+    ``radiometric``: share of images also given a radiometric change (:func:`draw_radiometry`, with
+    ``radiometry_ranges`` overriding entries of ``RADIOMETRY_RANGES``); ``groups``: crop sizes per batch.
+    """
+
+    crop_scale: float = 0.8
+    jitter: float = 0.1
+    radiometric: float = 0.0
+    radiometry_ranges: Optional[dict] = None
+    groups: int = CROP_GROUPS
+
+
+def draw_view_params(n: int, height: int, width: int, generator: torch.Generator, view: ViewSpec = ViewSpec()
+                     ) -> ViewParams:
     """Random D4 symmetries, square-ish crops of ``crop_scale..1`` of the area, and jitter factors in ``1 ± jitter``.
 
     The crop side is drawn per group of images (uniform in ``sqrt(crop_scale)..1`` of each axis, whole
     pixels like torchvision's ``RandomResizedCrop``), its position and everything else per image. Sizes
     are Python ints, so grouping costs no device sync; each image still sees the same distribution.
-    ``radiometric`` is the share of images that also get a radiometric change (:func:`draw_radiometry`, with
-    ``radiometry_ranges`` overriding entries of ``RADIOMETRY_RANGES``).
     """
+    crop_scale, jitter, groups, radiometric = view.crop_scale, view.jitter, view.groups, view.radiometric
     if not 0.0 < crop_scale:
         raise ValueError(f"crop_scale must be in (0, 1] (fraction of the image area kept); got {crop_scale}.")
     square = height == width
@@ -201,7 +227,7 @@ def draw_view_params(n: int, height: int, width: int, crop_scale: float, jitter:
     slack = torch.stack([height - crop_h, width - crop_w], 1) + 1
     corner = (torch.rand(n, 2, generator=generator) * slack).long().clamp_max_(slack - 1)
     factors = torch.empty(n, 3).uniform_(1 - jitter, 1 + jitter, generator=generator) if jitter > 0 else None
-    radiometry = draw_radiometry(n, radiometric, generator, radiometry_ranges) if radiometric > 0 else None
+    radiometry = draw_radiometry(n, radiometric, generator, view.radiometry_ranges) if radiometric > 0 else None
     return ViewParams(symmetry, corner, group_list, factors, radiometry)
 
 
@@ -317,7 +343,9 @@ def colour_normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[
     ``/ 255``, the radiometric change's affine part (:class:`Radiometry`; its gamma is applied first, the one
     non-linear step), the jitter map (:func:`jitter_map`, factors ``(N, 3)``) and the normalisation fold into
     one 3 x 3 matrix and offset per image: one batched matmul over the pixels, then the changed colours are
-    clamped to the valid range (the bounds of [0, 1] after normalisation, channel by channel).
+    clamped to the valid range (the bounds of [0, 1] after normalisation, channel by channel). Kornia's
+    ColorJitter would run each change as its own pass over the pixels; folded here they cost one (the data path
+    measured 11-15x the PIL/torchvision loader on a CPU, docs/performance.md).
     """
     n, ch, h, w = images.shape
     if ch != 3:
@@ -344,48 +372,41 @@ def colour_normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[
     return out.view(n, 3, h, w).contiguous(memory_format=memory_format)
 
 
-def augment(images: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float],
-            generator: torch.Generator, crop_scale: float = 0.8, jitter: float = 0.1,
-            memory_format: torch.memory_format = torch.contiguous_format, radiometric: float = 0.0,
-            radiometry_ranges: Optional[dict] = None) -> torch.Tensor:
+def augment(images: torch.Tensor, target: InputSpec, generator: torch.Generator, view: ViewSpec = ViewSpec()
+            ) -> torch.Tensor:
     """Training view of a uint8 batch on its own device: D4 symmetry, random crop, resize, colour jitter, normalise.
 
     ``generator`` is a CPU generator: the parameters (:func:`draw_view_params`, a few numbers per
     image) are drawn on the host; the pixels never leave ``images.device``. No per-image Python:
     one gather and one resize per crop size (:func:`crop_resize_d4`), one batched matmul for colour
-    and normalisation (:func:`colour_normalise`). ``radiometric``: share of images given a radiometric change
-    (``radiometry_ranges``: see :func:`draw_view_params`).
+    and normalisation (:func:`colour_normalise`).
     """
     n, _, h, w = images.shape
-    params = draw_view_params(n, h, w, crop_scale, jitter, generator, radiometric=radiometric,
-                              radiometry_ranges=radiometry_ranges).to(images.device)
-    return colour_normalise(crop_resize_d4(images, size, params), mean, std, params.jitter, memory_format,
-                            params.radiometry)
+    params = draw_view_params(n, h, w, generator, view).to(images.device)
+    return colour_normalise(crop_resize_d4(images, target.size, params), target.mean, target.std, params.jitter,
+                            target.memory_format, params.radiometry)
 
 
-def augment_with_clean_view(images: torch.Tensor, clean: torch.Tensor, size: int, mean: Sequence[float],
-                            std: Sequence[float], generator: torch.Generator, crop_scale: float = 0.8,
-                            jitter: float = 0.1, memory_format: torch.memory_format = torch.contiguous_format,
-                            radiometric: float = 0.0, radiometry_ranges: Optional[dict] = None,
-                            clean_mean: Optional[Sequence[float]] = None,
-                            clean_std: Optional[Sequence[float]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def augment_with_clean_view(images: torch.Tensor, clean: torch.Tensor, target: InputSpec, generator: torch.Generator,
+                            view: ViewSpec = ViewSpec(), clean_target: Optional[InputSpec] = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`augment` of ``images``, and the same view of ``clean`` without the radiometric change.
 
     ``clean`` is the batch before its JPEG re-compression (or ``images`` itself). Both views share the
     symmetry, crop and jitter; only the second skips the radiometry, so a teacher that sees it predicts what
-    the image *is*, whatever colours the student is shown (consistency distillation). ``clean_mean`` /
-    ``clean_std`` normalise the clean view for a teacher with other statistics (default: ``mean`` / ``std``).
+    the image *is*, whatever colours the student is shown (consistency distillation). ``clean_target``
+    normalises the clean view for a teacher with other statistics (default: ``target``).
     """
     if clean.shape != images.shape:
         raise ValueError(f"The clean batch must match the augmented one; got {tuple(clean.shape)} and "
                          f"{tuple(images.shape)}.")
     n, _, h, w = images.shape
-    params = draw_view_params(n, h, w, crop_scale, jitter, generator, radiometric=radiometric,
-                              radiometry_ranges=radiometry_ranges).to(images.device)
-    student = colour_normalise(crop_resize_d4(images, size, params), mean, std, params.jitter, memory_format,
-                               params.radiometry)
-    teacher = colour_normalise(crop_resize_d4(clean, size, params), clean_mean or mean, clean_std or std,
-                               params.jitter, memory_format)
+    params = draw_view_params(n, h, w, generator, view).to(images.device)
+    student = colour_normalise(crop_resize_d4(images, target.size, params), target.mean, target.std, params.jitter,
+                               target.memory_format, params.radiometry)
+    clean_target = clean_target or target
+    teacher = colour_normalise(crop_resize_d4(clean, target.size, params), clean_target.mean, clean_target.std,
+                               params.jitter, target.memory_format)
     return student, teacher
 
 

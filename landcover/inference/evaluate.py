@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from landcover.core.calibration import expected_calibration_error, nll, wilson_interval
-from landcover.data.eurosat import Patches, load_eurosat, load_folder_patches
+from landcover.data.eurosat import Patches, SplitSpec, load_eurosat, load_folder_patches
 from landcover.core.defaults import DEFAULT_BACKEND
 from landcover.core.labels import EUROSAT_CLASSES
 from landcover.core.metrics import confusion_matrix, report
@@ -32,8 +32,8 @@ def load_split(predictor: Predictor, data: str, split: str) -> Patches:
     if split == "all":
         return load_folder_patches(data, labels, flag="--data")
     t = predictor.loaded.train_config
-    ds = load_eurosat(data, seed=t.get("seed", 42), val_fraction=t.get("val_fraction", 0.1),
-                      test_fraction=t.get("test_fraction", 0.2), allow_custom_classes=labels != list(EUROSAT_CLASSES),
+    split_spec = SplitSpec(t.get("seed", 42), t.get("val_fraction", 0.1), t.get("test_fraction", 0.2))
+    ds = load_eurosat(data, split_spec, allow_custom_classes=labels != list(EUROSAT_CLASSES),
                       recorded_splits=_recorded_splits(predictor.loaded.folder, data), splits=(split,), flag="--data")
     if ds.class_names != labels:
         raise ValueError(f"The data's classes {ds.class_names} differ from the model's {labels}.")

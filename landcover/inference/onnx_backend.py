@@ -27,11 +27,14 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
 from landcover.core.defaults import default_threads
+
+if TYPE_CHECKING:
+    from landcover.data.transforms import InputSpec
 
 logger = logging.getLogger(__name__)
 
@@ -339,15 +342,14 @@ class OnnxModel:
         return self._run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(pixels)})[0]
 
 
-def load_onnx(model, folder: Path, input_size: int, mean: Sequence[float], std: Sequence[float],
-              threads: Optional[int] = None, packaged: bool = False, precision: str = "float",
-              export: bool = True) -> OnnxModel:
+def load_onnx(model, folder: Path, spec: "InputSpec", threads: Optional[int] = None, packaged: bool = False,
+              precision: str = "float", export: bool = True) -> OnnxModel:
     """The ONNX session of a model folder: its shipped graph when valid, else (float only) a cached export.
 
     Args:
         model: The torch model (exported when nothing shipped or cached fits and ``export`` is set).
         folder: The model folder.
-        input_size, mean, std: The model's preprocessing.
+        spec: The model's preprocessing (input size, mean, std; :class:`~landcover.data.transforms.InputSpec`).
         threads: Intra-op threads (default: the cores this process may use).
         packaged: The folder is the embedded model inside the package (never write caches into it).
         precision: ``float`` or ``int8`` (int8 is shipped only: see :mod:`landcover.inference.quantize`).
@@ -358,6 +360,7 @@ def load_onnx(model, folder: Path, input_size: int, mean: Sequence[float], std: 
     """
     if precision not in PRECISIONS:
         raise ValueError(f"Unknown ONNX precision {precision!r}; expected one of {PRECISIONS}.")
+    input_size, mean, std = spec.size, spec.mean, spec.std
     folder = Path(folder)
     entry, why = shipped_status(folder, precision, input_size, mean, std)
     if entry is not None:

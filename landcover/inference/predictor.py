@@ -24,7 +24,7 @@ from landcover.core.defaults import (BACKENDS, DEFAULT_BACKEND, INT8_MAX_ACCURAC
 from landcover.models.hub import DEFAULT_MODEL_DIR, LoadedModel, load_model
 from landcover.readers.imageio import decode_rgb8, open_image_file
 from landcover.models.factory import data_config
-from landcover.data.transforms import preprocess, resize_uint8, tta_views
+from landcover.data.transforms import InputSpec, preprocess, resize_uint8, tta_views
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -279,7 +279,7 @@ def load_predictor(ref: Optional[str] = None, backend: str = DEFAULT_BACKEND, *,
     from landcover.inference.onnx_backend import load_onnx
 
     try:
-        session = load_onnx(loaded.model, loaded.folder, size, dc["mean"], dc["std"], threads=threads,
+        session = load_onnx(loaded.model, loaded.folder, InputSpec(size, dc["mean"], dc["std"]), threads=threads,
                             packaged=_is_packaged(loaded.folder), precision="int8" if chosen == "int8" else "float")
     except ValueError:
         raise

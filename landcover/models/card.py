@@ -64,6 +64,21 @@ def portable(text: str) -> str:
     return text
 
 
+LOCAL_DATA = "EUROSAT_DIR"  # how records name a local dataset folder (its path is this machine's business)
+
+
+def public_data(ref: str) -> str:
+    """How records that others read name the training data: a Hub dataset id as is, a local folder as
+    :data:`LOCAL_DATA` (the file lists of its splits are in ``splits.json``)."""
+    return ref if is_hub_id(ref) and not Path(ref).expanduser().exists() else LOCAL_DATA
+
+
+def public_command(command: str, data_ref: str) -> str:
+    """``command`` with this machine's prefixes and the local dataset path replaced (see :func:`public_data`)."""
+    text = portable(command)
+    return text.replace(data_ref, public_data(data_ref)) if data_ref and public_data(data_ref) != data_ref else text
+
+
 def provenance(cfg) -> str:
     """Where the run's initial weights came from, in one sentence."""
     if cfg.init_checkpoint:
@@ -198,7 +213,7 @@ def card_fields(folder: Path, cfg, metrics: dict, label_names: list[str]) -> dic
         "best_epoch": str(metrics["best_epoch"]),
         "best_weights": "EMA" if metrics.get("best_weights") == "ema" else "raw (not EMA)",
         "validation_accuracy": f"{metrics['validation']['accuracy']:.4f}",
-        "dataset": portable(str(metrics["dataset"])),
+        "dataset": _dataset_text(str(metrics["dataset"])),
         "split_sizes": str(metrics["split_sizes"]),
         "parameters": f"{metrics['parameters']:,}",
         "weights": f"{metrics['weights_bytes'] / 1e6:.2f} MB ({'float16' if cfg.save_fp16 else 'float32'} "
@@ -242,3 +257,9 @@ def build_model_card(folder: Path, cfg, metrics: dict, label_names: list[str]):
 def write_model_card(folder: Path, cfg, metrics: dict, label_names: list[str]) -> None:
     """Write ``folder/README.md``."""
     build_model_card(folder, cfg, metrics, label_names).save(folder / "README.md")
+
+
+def _dataset_text(dataset: str) -> str:
+    if dataset == LOCAL_DATA:
+        return f"{LOCAL_DATA}: a local EuroSAT RGB folder (<Class>/<Class>_<N>.jpg); file lists per split in splits.json"
+    return portable(dataset)

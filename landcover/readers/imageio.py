@@ -24,6 +24,8 @@ MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # 10 MiB: EuroSAT patches are ~3 KB, phone 
 MAX_PIXELS = 64_000_000  # ~8000 x 8000; decoding beyond that is refused (a 30000^2 bomb is 900 MP)
 WORK_SIDE = 1024  # images are decoded/downscaled to at most this side; the model needs ~64 px
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+# File names every entry point treats as images (folders of patches, examples, scenes decoded by PIL or rasterio).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".webp", ".bmp")
 
 Source = Union[bytes, bytearray, memoryview, str, os.PathLike, BinaryIO]
 
@@ -158,8 +160,15 @@ def pil_to_rgb8(image: Image.Image) -> np.ndarray:
 # ---------------------------------------------------------------- multi-band / 16-bit GeoTIFFs (rasterio)
 
 
-def _is_tiff(head: bytes) -> bool:
+def is_tiff(head: bytes) -> bool:
+    """Whether the first bytes of a file are a TIFF's (classic or BigTIFF, either byte order)."""
     return head[:4] in TIFF_MAGIC
+
+
+def file_is_tiff(path: str | os.PathLike) -> bool:
+    """:func:`is_tiff` of a file's first bytes."""
+    with open(path, "rb") as f:
+        return is_tiff(f.read(4))
 
 
 def _raster_rgb8(data: bytes, max_pixels: int) -> Optional[np.ndarray]:
@@ -182,7 +191,7 @@ def _raster_rgb8(data: bytes, max_pixels: int) -> Optional[np.ndarray]:
 
 
 def _read_raster(ds, max_pixels: int) -> np.ndarray:
-    from landcover.readers.radiometry import choose_rgb_bands, to_eurosat_rgb8
+    from landcover.readers.radiometry import BandMetadata, choose_rgb_bands, to_eurosat_rgb8
 
     if ds.width * ds.height > max_pixels:
         raise UploadTooLarge(f"Image refused before decoding: {ds.width}x{ds.height} = "
@@ -196,8 +205,8 @@ def _read_raster(ds, max_pixels: int) -> np.ndarray:
                                f"`python -m landcover map --bands R,G,B`.)") from None
     raw = ds.read(list(chosen))  # only the three bands shown, as ``map`` reads scenes
     per_band = lambda values: [values[b - 1] for b in chosen]  # noqa: E731
-    rgb, _ = to_eurosat_rgb8(raw, bands=(1, 2, 3), nodata=ds.nodata, metadata=ds.tags(),
-                             band_scales=per_band(ds.scales), band_offsets=per_band(ds.offsets))
+    info = BandMetadata(nodata=ds.nodata, metadata=ds.tags(), scales=per_band(ds.scales), offsets=per_band(ds.offsets))
+    rgb, _ = to_eurosat_rgb8(raw, info, bands=(1, 2, 3))
     return np.ascontiguousarray(rgb.transpose(1, 2, 0))
 
 
@@ -211,7 +220,7 @@ def _load(source: Source, max_pixels: int, max_bytes: Optional[int],
         stream.seek(0)
         head = stream.read(4)
         stream.seek(0)
-        if _is_tiff(head):
+        if is_tiff(head):
             raster = _raster_rgb8(stream.read(), max_pixels)
             stream.seek(0)
             if raster is not None:

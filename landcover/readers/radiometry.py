@@ -479,11 +479,20 @@ class Radiometry:
                 **self.extra}
 
 
-def to_eurosat_rgb8(data: np.ndarray, descriptions: Sequence[Optional[str]] = (), colorinterp: Sequence[object] = (),
-                    nodata: Optional[float] = None, metadata: Optional[Mapping] = None,
-                    bands: Optional[Sequence[int]] = None, band_scales: Optional[Sequence[float]] = None,
-                    band_offsets: Optional[Sequence[float]] = None, given: Optional[Mapping] = None
-                    ) -> tuple[np.ndarray, Radiometry]:
+@dataclass(frozen=True)
+class BandMetadata:
+    """What a raster says about its bands: names, colour interpretation, nodata, tags, per-band scale/offset."""
+
+    descriptions: Sequence[Optional[str]] = ()
+    colorinterp: Sequence[object] = ()
+    nodata: Optional[float] = None
+    metadata: Optional[Mapping] = None
+    scales: Optional[Sequence[float]] = None
+    offsets: Optional[Sequence[float]] = None
+
+
+def to_eurosat_rgb8(data: np.ndarray, info: BandMetadata = BandMetadata(), bands: Optional[Sequence[int]] = None,
+                    given: Optional[Mapping] = None) -> tuple[np.ndarray, Radiometry]:
     """Any raster array -> uint8 RGB ``(3, H, W)`` on EuroSAT's stretch, and what was done.
 
     Picks R, G, B with :func:`choose_rgb_bands`, infers the scaling on those bands with
@@ -491,10 +500,10 @@ def to_eurosat_rgb8(data: np.ndarray, descriptions: Sequence[Optional[str]] = ()
 
     Args:
         data: ``(bands, H, W)`` (or ``(H, W)`` for one band, repeated as grey), any dtype.
-        descriptions, colorinterp: Per-band names / colour interpretations (may be empty).
-        nodata, metadata, band_scales, band_offsets, given: As for :func:`infer_scaling`
-            (``band_scales``/``band_offsets`` per band of ``data``).
+        info: Per-band names and colour interpretations (may be empty), nodata, metadata and per-band
+            scales/offsets of ``data``, as for :func:`infer_scaling`.
         bands: Explicit 1-based (R, G, B).
+        given: Explicit scaling, as for :func:`infer_scaling`.
 
     Raises:
         ValueError: no usable band choice (2 bands, 5 undescribed bands, ...) -- the message names ``--bands``.
@@ -507,11 +516,11 @@ def to_eurosat_rgb8(data: np.ndarray, descriptions: Sequence[Optional[str]] = ()
     if data.shape[0] == 1 and not bands:
         chosen, note = (1, 1, 1), "one band shown as grey"
     else:
-        chosen, note = choose_rgb_bands(data.shape[0], descriptions, colorinterp, bands)
+        chosen, note = choose_rgb_bands(data.shape[0], info.descriptions, info.colorinterp, bands)
     rgb = data[[b - 1 for b in chosen]]
     pick = (lambda seq: [seq[b - 1] for b in chosen] if seq is not None and len(seq) >= max(chosen) else None)
-    scaling = infer_scaling(rgb, nodata, metadata, pick(band_scales), pick(band_offsets), given)
+    scaling = infer_scaling(rgb, info.nodata, info.metadata, pick(info.scales), pick(info.offsets), given)
     out = scaling.apply(rgb)
-    if nodata is not None:
-        out[:, ~valid_mask(rgb, nodata)] = 0
+    if info.nodata is not None:
+        out[:, ~valid_mask(rgb, info.nodata)] = 0
     return out, Radiometry(chosen, note, scaling)

@@ -3,7 +3,8 @@
 :func:`open_scene` accepts
 
 * a PNG/JPEG (decoded whole, as single patches are) or any raster rasterio reads (GeoTIFF, COG, JP2);
-* a STAC item JSON (path or URL; plain JSON, no pystac needed) whose ``red``/``green``/``blue`` (or
+* a STAC item JSON (path or URL; read as plain JSON: only asset hrefs, ``eo:bands`` and ``raster:bands`` are
+  needed, and pystac is not a runtime dependency) whose ``red``/``green``/``blue`` (or
   ``B04``/``B03``/``B02``) assets are one file per band, with an optional ``scl`` asset. Remote hrefs
   are replaced by files of the same name next to the item when they are there (downloaded products),
   otherwise read over HTTP by GDAL;
@@ -36,15 +37,18 @@ from typing import Mapping, Optional, Protocol, Sequence
 import numpy as np
 
 from landcover.core.labels import GROUND_SAMPLING_M
+from landcover.readers.imageio import IMAGE_SUFFIXES, file_is_tiff
 from landcover.readers.radiometry import (Radiometry, choose_rgb_bands, choose_spectral_bands, infer_scaling,
                                           valid_mask)
 
 RESAMPLE_TOLERANCE = 0.1  # pixel sizes within 10 % of 10 m are used as they are
 SAMPLE_PX = 1024  # longest side of the decimated read the scaling is inferred from
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
 # Mask codes (uint8) of read(): 0 = valid; then why a pixel is not classified.
 MASK_REASONS = ("no data", "saturated/defective", "cloud shadow", "cloud", "thin cirrus")
 SCL_TO_REASON = {0: 1, 1: 2, 3: 3, 8: 4, 9: 4, 10: 5}  # SCL class -> mask code
+_SCL_LUT = np.zeros(256, dtype=np.uint8)  # the same as a lookup table over every uint8 SCL value
+for _cls, _reason in SCL_TO_REASON.items():
+    _SCL_LUT[_cls] = _reason
 _STAC_COLOURS = {"red": ("red", "B04", "b04", "B4"), "green": ("green", "B03", "b03", "B3"),
                  "blue": ("blue", "B02", "b02", "B2"), "nir": ("nir", "B08", "b08", "B8", "nir08", "B8A"),
                  "swir16": ("swir16", "B11", "b11")}
@@ -77,9 +81,13 @@ def _metres_per_pixel(ds) -> tuple[float, float, str]:
     """Ground size (x, y) in metres of one pixel of a georeferenced dataset, and a description."""
     t = ds.transform
     sx, sy = math.hypot(t.a, t.d), math.hypot(t.b, t.e)
-    if ds.crs.is_geographic:
-        lat = t.f + t.d * ds.width / 2 + t.e * ds.height / 2  # latitude of the scene centre
-        mx, my = sx * 111_320.0 * math.cos(math.radians(lat)), sy * 110_574.0
+    if ds.crs.is_geographic:  # geodesic lengths of one pixel step at the scene centre, on the CRS's ellipsoid
+        from pyproj import CRS
+
+        lon, lat = t * (ds.width / 2, ds.height / 2)
+        geod = CRS.from_wkt(ds.crs.to_wkt()).get_geod()
+        mx = geod.inv(lon - sx / 2, lat, lon + sx / 2, lat)[2]
+        my = geod.inv(lon, lat - sy / 2, lon, lat + sy / 2)[2]
         return mx, my, f"GeoTIFF transform ({ds.crs.to_string()}, degrees at latitude {lat:.3f})"
     _, factor = ds.crs.linear_units_factor
     return sx * factor, sy * factor, f"GeoTIFF transform ({ds.crs.to_string()}, {sx * factor:g} m/px)"
@@ -266,11 +274,7 @@ class Scene:
         if self.bands.nodata is not None or np.issubdtype(raw.dtype, np.floating):
             code[~valid_mask(raw, self.bands.nodata)] = 1
         if self.scl is not None:
-            scl = self.scl.read(row, col, height, width)[0]
-            lut = np.zeros(256, dtype=np.uint8)
-            for cls, reason in SCL_TO_REASON.items():
-                lut[cls] = reason
-            scl_code = lut[scl]
+            scl_code = _SCL_LUT[self.scl.read(row, col, height, width)[0]]
             code = np.where(code == 0, scl_code, code)
         return rgb, code, reflectance
 
@@ -331,14 +335,9 @@ def open_scene(path: str | Path, bands: Optional[Sequence[int]] = None, given: O
         if bands:
             raise ValueError("--bands applies to single multi-band rasters; a STAC item is read by asset name.")
         return _open_stac(_load_json(path), str(path), path.parent, given, pixel_size_m, resample)
-    if path.suffix.lower() in IMAGE_SUFFIXES and not _is_tiff(path):
+    if path.suffix.lower() in IMAGE_SUFFIXES and not file_is_tiff(path):  # TIFFs, whatever their name: rasterio
         return _open_image(path, bands, given, pixel_size_m, resample)
     return _open_raster(path, bands, given, pixel_size_m, resample)
-
-
-def _is_tiff(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 def _assumed_size(pixel_size_m: Optional[float]) -> tuple[tuple[float, float], str]:
@@ -365,13 +364,13 @@ def _open_image(path: Path, bands, given, pixel_size_m, resample) -> Scene:
     grid = plan_grid(array.shape[1], array.shape[2], size, source, resample=resample)
     if (grid.height, grid.width) != array.shape[1:]:
         array = resize_array(array, grid.height, grid.width)
-    radiometry = _radiometry(array, (1, 2, 3), "image RGB", None, {}, None, None, given)
+    radiometry = _radiometry(array, Sources([], (1, 2, 3), "image RGB", None, {}, None, None), given)
     return Scene(str(path), grid, ArrayBands(array), radiometry)
 
 
-def _radiometry(sample: np.ndarray, chosen, note, nodata, metadata, scales, offsets, given) -> Radiometry:
-    scaling = infer_scaling(sample, nodata, metadata, scales, offsets, given)
-    return Radiometry(tuple(chosen), note, scaling)
+def _radiometry(sample: np.ndarray, sources: "Sources", given) -> Radiometry:
+    scaling = infer_scaling(sample, sources.nodata, sources.metadata, sources.scales, sources.offsets, given)
+    return Radiometry(tuple(sources.chosen), sources.note, scaling)
 
 
 def _sample_shape(grid: Grid) -> tuple[int, int]:
@@ -451,8 +450,7 @@ def _assemble(source: str, grid: Grid, sources: Sources, given) -> Scene:
     try:
         readers.append(_reader(sources.rgb, grid, sources.nodata))
         sample = readers[0].read_decimated(*_sample_shape(grid), average=False)
-        radiometry = _radiometry(sample, sources.chosen, sources.note, sources.nodata, sources.metadata,
-                                 sources.scales, sources.offsets, given)
+        radiometry = _radiometry(sample, sources, given)
         scl = RasterioBands([(sources.scl, 1)], grid, None, nearest=True) if sources.scl is not None else None
         spectral = _reader(sources.spectral, grid, sources.nodata) if sources.spectral else None
     except Exception:

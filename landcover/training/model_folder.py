@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from landcover.models.card import portable, write_model_card
+from landcover.models.card import portable, public_command, public_data, write_model_card
 from landcover.models.hub import WEIGHTS, read_json
 from landcover.core.labels import EUROSAT_CLASSES, EUROSAT_DESCRIPTIONS
 from landcover.models.factory import count_parameters, data_config
@@ -71,13 +71,15 @@ def save_model_folder(result: "TrainResult", command: Optional[str] = None) -> P
     if cfg.save_fp16:
         state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(folder / WEIGHTS))
-    # Records name the data as the user gave it and no prefix of this machine (folders are shared and pushed).
-    to_json(replace(cfg, init_checkpoint=cfg.init_checkpoint and portable(cfg.init_checkpoint)),
+    # Records name no path or prefix of this machine (folders are shared and pushed): a local dataset folder is
+    # EUROSAT_DIR, the output folder its name.
+    to_json(replace(cfg, init_checkpoint=cfg.init_checkpoint and portable(cfg.init_checkpoint),
+                    dataset=public_data(cfg.dataset), output_dir=Path(cfg.output_dir).name),
             folder / "train_config.json")
     metrics = _run_metrics(result, folder, command)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (folder / "splits.json").write_text(json.dumps(
-        {"source": portable(cfg.dataset), "origin": result.data.split_origin, "seed": cfg.seed,
+        {"source": public_data(cfg.dataset), "origin": result.data.split_origin, "seed": cfg.seed,
          "files": result.data.split_files()}, indent=1) + "\n")
     label_names = result.data.class_names
     plots.confusion_matrix_png(metrics["test"]["confusion_matrix"], label_names, folder / "confusion_matrix.png")
@@ -97,8 +99,8 @@ def _run_metrics(result: "TrainResult", folder: Path, command: Optional[str]) ->
         training_time_s=round(result.wall_time_s, 1),
         hardware=result.hardware,
         seed=cfg.seed,
-        command=portable(command or _command_line()),
-        dataset=portable(cfg.dataset),
+        command=public_command(command or _command_line(), cfg.dataset),
+        dataset=public_data(cfg.dataset),
     )
     metrics["stages"] = _previous_stages(cfg.init_checkpoint) + [
         {"command": metrics["command"], "training_time_s": metrics["training_time_s"], "epochs": cfg.epochs,

@@ -16,18 +16,18 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from tqdm.auto import tqdm
 
 from landcover.core.calibration import SINGLE_PASS, calibration_summary, fit_temperature, probabilities
 from landcover.core.config import TTA_MODES, TrainConfig
-from landcover.data.eurosat import EuroSAT, Patches, TensorPatches, collate_batch, load_eurosat
+from landcover.data.eurosat import EuroSAT, Patches, SplitSpec, TensorPatches, collate_batch, load_eurosat
 from landcover.core.metrics import confusion_matrix, report
 from landcover.models.factory import create_model, data_config, set_backbone_frozen, train_mode
-from landcover.data.transforms import (augment, augment_with_clean_view, jpeg_recompress, make_generator, preprocess,
-                         retain_freed_host_memory, tta_views)
+from landcover.data.transforms import (InputSpec, ViewSpec, augment, augment_with_clean_view, jpeg_recompress,
+                                      make_generator, preprocess, retain_freed_host_memory, tta_views)
 
 logger = logging.getLogger(__name__)
 
@@ -257,9 +257,30 @@ def _prep(cfg: TrainConfig, model) -> dict:
     return {"size": cfg.image_size, "mean": dc["mean"], "std": dc["std"]}
 
 
-def train_one_epoch(accelerator, model, loader, optimizer, scheduler, criterion, cfg: TrainConfig, epoch: int,
-                    prep: dict, step: int, memory_format, ema=None, teacher=None) -> tuple[dict, int]:
-    """One epoch; returns its summary and the new global optimiser step (``teacher``: see :func:`load_teacher`)."""
+def view_spec(cfg: TrainConfig) -> ViewSpec:
+    """The training views ``cfg`` asks for."""
+    return ViewSpec(cfg.crop_scale, cfg.jitter, cfg.radiometric, {"band_gain": cfg.band_gain})
+
+
+@dataclass
+class Fit:
+    """What every epoch of a run works with, built once by :func:`train`."""
+
+    accelerator: Any
+    model: torch.nn.Module  # as prepared by accelerate (DDP-wrapped or compiled where so)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # timm scheduler, stepped per optimiser step
+    criterion: torch.nn.Module
+    cfg: TrainConfig
+    prep: dict  # input size, mean, std (see _prep)
+    memory_format: torch.memory_format
+    ema: Any = None  # timm ModelEmaV3, or None
+    teacher: Optional[torch.nn.Module] = None  # see load_teacher
+
+
+def train_one_epoch(fit: Fit, loader, epoch: int, step: int) -> tuple[dict, int]:
+    """One epoch; returns its summary and the new global optimiser step."""
+    accelerator, model, optimizer, cfg = fit.accelerator, fit.model, fit.optimizer, fit.cfg
     model.train()
     # On the bare model: under DDP, ``model`` is the wrapper (whose BatchNorm stats would otherwise update while
     # the backbone is frozen).
@@ -277,15 +298,15 @@ def train_one_epoch(accelerator, model, loader, optimizer, scheduler, criterion,
                disable=not accelerator.is_local_main_process)
     for batch_index, (images, labels) in enumerate(loader):
         with accelerator.accumulate(model):
-            logits, loss = _training_loss(model, teacher, images, labels, criterion, cfg, prep, gen, memory_format)
+            logits, loss = _training_loss(fit, images, labels, gen)
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         if accelerator.sync_gradients:
             step += 1
-            scheduler.step_update(step)
-            if ema is not None:
-                ema.update(accelerator.unwrap_model(model, keep_torch_compile=False), step=step)
+            fit.scheduler.step_update(step)
+            if fit.ema is not None:
+                fit.ema.update(accelerator.unwrap_model(model, keep_torch_compile=False), step=step)
         detached = loss.detach()
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached),
                                 torch.full_like(first_bad, batch_index), first_bad)
@@ -309,22 +330,20 @@ def train_one_epoch(accelerator, model, loader, optimizer, scheduler, criterion,
             "train_seconds": seconds}, step
 
 
-def _training_loss(model, teacher, images, labels, criterion, cfg: TrainConfig, prep: dict, gen, memory_format
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def _training_loss(fit: Fit, images, labels, gen) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment one uint8 batch, run the model; the logits and the loss (with the teacher's term if there is one)."""
+    model, teacher, criterion, cfg, prep = fit.model, fit.teacher, fit.criterion, fit.cfg, fit.prep
     clean = images
     if cfg.jpeg > 0:
         images = jpeg_recompress(images, cfg.jpeg, gen)
+    spec = InputSpec(prep["size"], prep["mean"], prep["std"], fit.memory_format)
     if teacher is None:
-        x = augment(images, prep["size"], prep["mean"], prep["std"], gen, cfg.crop_scale, cfg.jitter,
-                    memory_format, radiometric=cfg.radiometric, radiometry_ranges={"band_gain": cfg.band_gain})
+        x = augment(images, spec, gen, view_spec(cfg))
         logits = model(x)
         return logits, criterion(logits.float(), labels)
     teacher_cfg = data_config(teacher)
-    x, x_clean = augment_with_clean_view(images, clean, prep["size"], prep["mean"], prep["std"], gen,
-                                         cfg.crop_scale, cfg.jitter, memory_format, radiometric=cfg.radiometric,
-                                         radiometry_ranges={"band_gain": cfg.band_gain},
-                                         clean_mean=teacher_cfg["mean"], clean_std=teacher_cfg["std"])
+    x, x_clean = augment_with_clean_view(images, clean, spec, gen, view_spec(cfg),
+                                         InputSpec(prep["size"], teacher_cfg["mean"], teacher_cfg["std"]))
     with torch.inference_mode():
         target = teacher(x_clean).float()
     logits = model(x)
@@ -358,9 +377,8 @@ def train(cfg: TrainConfig) -> Optional[TrainResult]:
         retain_freed_host_memory()  # the batch temporaries would be page-faulted in again every step
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     with accelerator.main_process_first():  # the first process builds the datasets cache
-        data = load_eurosat(cfg.dataset, seed=cfg.seed, val_fraction=cfg.val_fraction,
-                            test_fraction=cfg.test_fraction, allow_custom_classes=cfg.allow_custom_classes,
-                            max_train_samples=cfg.max_train_samples)
+        data = load_eurosat(cfg.dataset, SplitSpec(cfg.seed, cfg.val_fraction, cfg.test_fraction),
+                            allow_custom_classes=cfg.allow_custom_classes, max_train_samples=cfg.max_train_samples)
     if len(data.splits["train"]) < cfg.batch_size * accelerator.num_processes:
         raise ValueError(f"The training split has {len(data.splits['train'])} images, fewer than one global batch "
                          f"({cfg.batch_size} x {accelerator.num_processes} processes). Lower --batch-size.")
@@ -393,10 +411,10 @@ def train(cfg: TrainConfig) -> Optional[TrainResult]:
         _resume_ema(ema, cfg)
     _log_start(accelerator, cfg, data, unwrapped)
 
+    fit = Fit(accelerator, model, optimizer, scheduler, criterion, cfg, prep, memory_format, ema, teacher)
     for epoch in range(start_epoch, cfg.epochs):
         set_backbone_frozen(unwrapped, epoch < cfg.freeze_epochs)
-        summary, step = train_one_epoch(accelerator, model, train_loader, optimizer, scheduler, criterion, cfg,
-                                        epoch, prep, step, memory_format, ema, teacher)
+        summary, step = train_one_epoch(fit, train_loader, epoch, step)
         cm, val_loss, _ = evaluate_loader(accelerator, model, val_loader, prep, len(data.class_names),
                                           "validation", memory_format)
         val = report(cm, data.class_names)
@@ -424,8 +442,7 @@ def train(cfg: TrainConfig) -> Optional[TrainResult]:
     if best_state is not None:
         unwrapped.load_state_dict(best_state)
     set_backbone_frozen(unwrapped, False)
-    result = _final_evaluation(accelerator, model, unwrapped, test_loader, val_loader, data, cfg, prep,
-                               memory_format, history, best)
+    result = _final_evaluation(fit, unwrapped, {"test": test_loader, "validation": val_loader}, data, history, best)
     if cfg.report_to:
         accelerator.end_training()
     if result is not None:
@@ -524,9 +541,10 @@ def select_tta_and_temperatures(val_logits: torch.Tensor, labels: torch.Tensor) 
     return {"temperature": temperatures, "validation_accuracy": accuracy, "chosen": chosen}
 
 
-def _final_evaluation(accelerator, model, unwrapped, test_loader, val_loader, data, cfg, prep, memory_format,
-                      history, best) -> Optional[TrainResult]:
+def _final_evaluation(fit: Fit, unwrapped, loaders: dict, data, history, best) -> Optional[TrainResult]:
     """Validation: pick TTA and fit temperatures. Then the test split, once, with that choice."""
+    accelerator, model, cfg, prep, memory_format = fit.accelerator, fit.model, fit.cfg, fit.prep, fit.memory_format
+    test_loader, val_loader = loaders["test"], loaders["validation"]
     n_classes = len(data.class_names)
     val_logits, val_labels = collect_view_logits(accelerator, model, val_loader, prep, memory_format,
                                                  "validation views", views=cfg.select_tta)
