@@ -313,3 +313,29 @@ def test_a_scene_in_degrees_gets_geodesic_pixel_sizes_and_is_resampled_to_10_m(t
         assert scene.width == round(400 * mx / 10) and scene.height == round(400 * my / 10)
         total = scene.grid.pixel_area_m2 * scene.width * scene.height
         assert total == pytest.approx(400 * 400 * mx * my, rel=1e-9)
+
+
+def test_scl_water_class_is_water_evidence_even_without_nir(predictor, tmp_path):
+    """An L2A-style band folder with R, G, B and SCL only: SCL water (6) under a forest-looking tile makes it
+    water; SCL vegetation (4) keeps the CNN's land class, SCL cloud (9) still masks."""
+    import rasterio
+
+    folder = tmp_path / "l2a"
+    folder.mkdir()
+    stack = spectral_stack(np.array([[FOREST, FOREST, FOREST]]), np.full((1, 3), 3000))
+    for name, band in zip(("B02", "B03", "B04"), stack[:3]):
+        write_stack(folder / f"{name}.tif", band[None], None)
+    scl = np.full((1, P, 3 * P), 4, dtype=np.uint8)
+    scl[:, :, :P] = 6
+    scl[:, :, 2 * P:] = 9
+    write_stack(folder / "SCL.tif", scl, None)
+    with raster.open_scene(folder) as scene:
+        assert not scene.has_spectral and scene.has_evidence
+        result = mapping.map_scene(predictor, scene, min_confidence=0.0)
+        rgb_only = mapping.map_scene(predictor, scene, min_confidence=0.0, evidence="rgb")
+    names = np.array(EUROSAT_CLASSES)
+    assert names[rgb_only.grid[0, 0]] == "Forest"
+    assert names[result.grid[0, 0]] in ("SeaLake", "River") and names[result.grid[0, 1]] == "Forest"
+    assert result.reason[0, 2] != 0 and rgb_only.reason[0, 2] != 0  # cloud: masked either way
+    assert "SCL water class" in result.evidence_note and "SCL water" not in rgb_only.evidence_note
+    assert np.isnan(result.evidence["ndvi"]).all()  # no NIR: no vegetation index

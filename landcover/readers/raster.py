@@ -233,6 +233,11 @@ class Scene:
     spectral_names: tuple[str, ...] = ()
 
     @property
+    def has_evidence(self) -> bool:
+        """Whether :meth:`read_block` yields per-pixel evidence beside RGB (spectral reflectance, or SCL classes)."""
+        return self.has_spectral or self.scl is not None
+
+    @property
     def has_spectral(self) -> bool:
         """Whether the scene yields reflectance of NIR (and maybe SWIR) beside R, G, B."""
         return self.spectral is not None and self.radiometry.scaling.has_reflectance
@@ -260,8 +265,9 @@ class Scene:
 
     def read_block(self, row: int, col: int, height: int, width: int
                    ) -> tuple[np.ndarray, np.ndarray, Optional[dict[str, np.ndarray]]]:
-        """:meth:`read`, plus float32 reflectance per band name (``blue green red nir [swir16]``) when the scene
-        :attr:`has_spectral` (else None), read from the same raw values."""
+        """:meth:`read`, plus the scene's evidence bands (None when it has none): float32 reflectance per band name
+        (``blue green red nir [swir16]``) when the scene :attr:`has_spectral`, read from the same raw values, and
+        the Sentinel-2 scene classes as ``scl`` (uint8) when it has an SCL layer."""
         raw = self.bands.read(row, col, height, width)
         reflectance = None
         if self.has_spectral:
@@ -274,8 +280,9 @@ class Scene:
         if self.bands.nodata is not None or np.issubdtype(raw.dtype, np.floating):
             code[~valid_mask(raw, self.bands.nodata)] = 1
         if self.scl is not None:
-            scl_code = _SCL_LUT[self.scl.read(row, col, height, width)[0]]
-            code = np.where(code == 0, scl_code, code)
+            scl = self.scl.read(row, col, height, width)[0]
+            code = np.where(code == 0, _SCL_LUT[scl], code)
+            reflectance = {**(reflectance or {}), "scl": scl}
         return rgb, code, reflectance
 
     def thumbnail(self, height: int, width: int) -> np.ndarray:

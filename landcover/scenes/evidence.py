@@ -8,6 +8,9 @@ and open water is the one class that physics separates cleanly:
   1996): water absorbs near-infrared, every land cover reflects more NIR than green. With SWIR (B11) the pixel
   must also have MNDWI = (G - SWIR) / (G + SWIR) > 0 (Xu 2006), which keeps bright built-up surfaces, whose
   NDWI can creep above 0, out. Both thresholds are the published ones, not fitted here.
+* **Water from SCL**: in L2A products with a scene classification layer, its water class (6) marks water
+  pixels too (either source suffices). Where the product has no NIR band, SCL only adds water (the "land" rule
+  below is not applied: Sen2Cor misses some small or turbid water, and its silence must not veto the CNN).
 * **Vegetation** (per cell, reported): the mean NDVI = (NIR - R) / (NIR + R).
 * **Cloud and haze** (per pixel, for products without an SCL layer): bright and white. The mean visible
   reflectance (B02, B03, B04) is above ``CLOUD_BRIGHTNESS`` and the visible spectrum is flat: Fmask's whiteness
@@ -55,12 +58,19 @@ class CellEvidence:
     cloud: np.ndarray  # float32 (rows, cols): share of bright, white pixels (cloud or haze)
 
 
-def water_pixels(reflectance: dict[str, np.ndarray]) -> np.ndarray:
-    """bool ``(H, W)``: NDWI > 0, and MNDWI > 0 where SWIR is there (see the module docstring)."""
-    green, nir = reflectance["green"], reflectance["nir"]
-    water = green > nir  # NDWI > 0 without the division (both reflectances are positive where valid)
-    if "swir16" in reflectance:
-        water &= green > reflectance["swir16"]
+SCL_WATER = 6  # Sentinel-2 L2A scene classification: water
+
+
+def water_pixels(bands: dict[str, np.ndarray]) -> np.ndarray:
+    """bool ``(H, W)``: NDWI > 0 (and MNDWI > 0 where SWIR is there), or SCL water (see the module docstring)."""
+    water = None
+    if "nir" in bands:
+        water = bands["green"] > bands["nir"]  # NDWI > 0 without the division (reflectances are positive)
+        if "swir16" in bands:
+            water &= bands["green"] > bands["swir16"]
+    if "scl" in bands:
+        scl_water = bands["scl"] == SCL_WATER
+        water = scl_water if water is None else water | scl_water
     return water
 
 
@@ -85,10 +95,12 @@ def cell_evidence(reflectance: dict[str, np.ndarray], valid: np.ndarray, stride:
         return a[:h * stride, :w * stride].reshape(h, stride, w, stride).sum(axis=(1, 3), dtype=np.float32)
 
     n = cells(valid)
+    nan = np.full(n.shape, np.nan, dtype=np.float32)
+    spectral = "nir" in reflectance  # reflectance of R, G, B, NIR: vegetation and cloud tests too
     with np.errstate(divide="ignore", invalid="ignore"):
         water = cells(water_pixels(reflectance) & valid) / n
-        veg = cells(np.where(valid, ndvi(reflectance), 0.0)) / n
-        cloud = cells(cloud_pixels(reflectance) & valid) / n
+        veg = cells(np.where(valid, ndvi(reflectance), 0.0)) / n if spectral else nan
+        cloud = cells(cloud_pixels(reflectance) & valid) / n if spectral else nan
     return CellEvidence(water.astype(np.float32), veg.astype(np.float32), cloud.astype(np.float32))
 
 
@@ -121,14 +133,20 @@ def fuse(probs: np.ndarray, labels: Sequence[str], water: np.ndarray,
     return out.astype(np.float32)
 
 
-def evidence_note(names: Optional[Sequence[str]], scl: bool) -> str:
-    """One line for the legend, the JSON and the GeoTIFF tags: which evidence the map used."""
+def evidence_note(names: Optional[Sequence[str]], scl: bool, used: bool = True) -> str:
+    """One line for the legend, the JSON and the GeoTIFF tags: which evidence the map used.
+
+    ``names``: the spectral bands read (beside R, G, B); ``scl``: the scene has an SCL layer; ``used``: the
+    evidence was fused (False with ``--evidence rgb``).
+    """
     parts = ["CNN on RGB"]
-    if names:
+    if used and names:
         index = "NDWI and MNDWI" if "swir16" in names else "NDWI"
         parts.append(f"water from {index} (bands {', '.join(['green', *names])})")
+    if used and scl:
+        parts.append("water from the SCL water class")
     if scl:
         parts.append("SCL masks")
-    elif names:
+    elif used and names:
         parts.append("cloud/haze flagged by a brightness-whiteness test")
     return "; ".join(parts)

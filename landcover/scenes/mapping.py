@@ -31,8 +31,8 @@ import numpy as np
 
 from landcover.core.labels import PATCH_SIZE_PX
 from landcover.readers.raster import MASK_REASONS, Scene
-from landcover.scenes.evidence import (CLOUD_MAJORITY, EVIDENCE_MODES, CellEvidence, cell_evidence, evidence_note,
-                                      fuse)
+from landcover.scenes.evidence import (CLOUD_MAJORITY, EVIDENCE_MODES, WATER_TRACE, CellEvidence, cell_evidence,
+                                      evidence_note, fuse)
 
 if TYPE_CHECKING:
     from landcover.inference.predictor import Predictor
@@ -274,7 +274,7 @@ def map_scene(predictor: "Predictor", scene: Scene, options: Optional[MapOptions
     n_labels = len(predictor.labels)
     acc = np.zeros((n_labels, rows + k - 1, cols + k - 1), dtype=np.float32)
     reason = np.zeros(acc.shape[1:], dtype=np.uint8)
-    use_evidence = options.evidence == "auto" and scene.has_spectral
+    use_evidence = options.evidence == "auto" and scene.has_evidence
     layers = {name: np.full(acc.shape[1:], np.nan, dtype=np.float32) for name in ("water", "ndvi", "cloud")} \
         if use_evidence else {}
     kept = np.zeros((rows, cols), dtype=bool)  # tiles run through the model
@@ -303,13 +303,15 @@ def map_scene(predictor: "Predictor", scene: Scene, options: Optional[MapOptions
     bar.close()
     acc /= np.maximum(_covered(kept, k), 1)[None]
     if use_evidence:
-        acc = fuse(acc, predictor.labels, layers["water"])
+        # Without NIR the SCL water class only adds water: a missed small river must not veto the CNN's.
+        acc = fuse(acc, predictor.labels, layers["water"], trace=WATER_TRACE if scene.has_spectral else -1.0)
     reason[(reason == 0) & (acc.max(axis=0) < options.min_confidence)] = UNCERTAIN
     info = scene.describe()
     return SceneMap(list(predictor.labels), acc, stride, patch, scene.height, scene.width, scene.grid.pixel_area_m2,
                     scene.grid.pixel_size_source, scene.grid.crs, scene.grid.transform, scene.source,
                     scene.radiometry.band_note, reason, info,
-                    evidence_note(scene.spectral_names if use_evidence else None, scene.scl is not None), layers,
+                    evidence_note(scene.spectral_names if scene.has_spectral else None, scene.scl is not None,
+                                  use_evidence), layers,
                     options.min_confidence)
 
 
