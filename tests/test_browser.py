@@ -16,7 +16,7 @@ from datagen import class_patch
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
-EXAMPLES_JS = "() => document.querySelectorAll('#examples .gallery-item').length"  # one button per example
+EXAMPLES_JS = "() => document.querySelectorAll('#examples .thumbnail-item').length"  # one thumbnail per example
 
 
 def _chromium() -> Path | None:
@@ -73,6 +73,18 @@ def test_upload_in_browser_shows_label_examples_and_screenshot(browser, ten_exam
             " return !!el && el.innerText.includes(label); }",
             arg=expected, timeout=180_000)
         assert expected in page.locator("#label-output").inner_text()
+        # The examples are image thumbnails named by class; a click puts the patch in the input and classifies it.
+        thumb = page.locator("#examples .thumbnail-item").nth(3)
+        assert "class-3" in thumb.inner_text()
+        example = Image.open(ten_examples_model / "examples" / "class-3.jpg").convert("RGB")
+        example_label = next(iter(predictor.predict([example])[0]))
+        thumb.click()
+        page.wait_for_function(
+            "label => { const el = document.querySelector('#label-output');"
+            " return !!el && el.innerText.includes(label); }",
+            arg=example_label, timeout=180_000)
+        rendering = page.evaluate("() => getComputedStyle(document.querySelector('#patch-input img')).imageRendering")
+        assert rendering == "pixelated"  # a 64 px patch shown enlarged keeps crisp pixels
         ARTIFACTS.mkdir(exist_ok=True)
         shot = ARTIFACTS / "app-classify.png"
         page.screenshot(path=str(shot), full_page=True)

@@ -318,7 +318,6 @@ def test_a_scene_in_degrees_gets_geodesic_pixel_sizes_and_is_resampled_to_10_m(t
 def test_scl_water_class_is_water_evidence_even_without_nir(predictor, tmp_path):
     """An L2A-style band folder with R, G, B and SCL only: SCL water (6) under a forest-looking tile makes it
     water; SCL vegetation (4) keeps the CNN's land class, SCL cloud (9) still masks."""
-    import rasterio
 
     folder = tmp_path / "l2a"
     folder.mkdir()

@@ -193,3 +193,17 @@ def test_a_teacher_of_another_size_or_classes_is_refused(tiny_model_dir):
     with pytest.raises(ValueError, match="--distill-weight in"):
         load_teacher(TrainConfig(teacher=str(tiny_model_dir), image_size=32, distill_weight=2.0),
                      list(EUROSAT_CLASSES), "cpu", torch.contiguous_format)
+
+
+def test_examples_are_the_surest_right_answer_per_class():
+    from landcover.data.eurosat import Patches
+    from landcover.training.trainer import pick_examples
+
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    images = torch.arange(5, dtype=torch.uint8).view(5, 1, 1, 1).expand(5, 3, 2, 2).contiguous()
+    patches = Patches(images, labels, [f"f{i}.jpg" for i in range(5)])
+    probs = torch.tensor([[0.6, 0.4], [0.95, 0.05], [0.1, 0.9], [0.7, 0.3], [0.8, 0.2]])
+    picked = pick_examples(patches, probs, ["A", "B"])
+    assert list(picked) == ["A"] and picked["A"][0] == "f1.jpg"  # 0.95 beats 0.6; f2 is wrong; B never right
+    assert int(picked["A"][1][0, 0, 0]) == 1
+    assert pick_examples(patches, probs[:3], ["A", "B"]) == {}  # probabilities of other patches: none

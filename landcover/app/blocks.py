@@ -250,11 +250,34 @@ def _classify_tab(predictor: "Predictor", classifier: PatchClassifier, examples_
         except UploadError as err:
             logger.warning("Skipping example %s: %s", path.name, err)
     if decoded:
-        gr.Examples([[im] for im, _ in decoded], inputs=image, example_labels=[name for _, name in decoded],
-                    label=f"Examples from {origin}", examples_per_page=len(decoded), elem_id="examples")
+        # Thumbnails with their class names (gr.Examples with labels shows text buttons only); a click puts the
+        # patch in the input, which classifies it.
+        gallery = gr.Gallery([(im, name) for im, name in decoded], label=f"Examples from {origin}: click one",
+                             columns=min(len(decoded), 5), height="auto", allow_preview=False, object_fit="contain",
+                             interactive=False, elem_id="examples")
+        gallery.select(_example_picker([im for im, _ in decoded]), inputs=None, outputs=image,
+                       api_visibility="private", queue=False)
     else:
         gr.Markdown("*No example patches are available: this model folder has no `examples/`, and no "
                     "`--examples DIR` was given.*")
+
+
+def _example_picker(images: list) -> Callable:
+    """The gallery's select handler: the example patch that was clicked."""
+    import gradio as gr
+
+    def pick(evt):
+        return images[evt.index]
+
+    pick.__annotations__ = {"evt": gr.SelectData}  # resolved here: Gradio injects the event by this annotation
+    return pick
+
+
+# Patches are 64 px: shown enlarged, pixels stay crisp squares instead of a blur (input and example thumbnails).
+APP_CSS = """
+#patch-input img, #examples img { image-rendering: pixelated; }
+#patch-input img { width: 100%; height: 100%; object-fit: contain; }
+"""
 
 
 def _batch_tab(classifier: PatchClassifier, csv_dir: Path) -> None:
@@ -357,7 +380,7 @@ def build_app(predictor: "Predictor", demo: Optional["gr.Blocks"] = None, *,
 
     api.router.lifespan_context = lifespan
     api = gr.mount_gradio_app(api, demo, path="/", max_file_size=max_file_size, ssr_mode=False,
-                              footer_links=["api", "gradio"], show_error=True)
+                              footer_links=["api", "gradio"], show_error=True, css=APP_CSS)
     use_lazy_session_state(mounted_gradio_app(api))
     api.state.demo = demo
     return wrap_asgi(api, predictor, max_file_size)

@@ -558,9 +558,9 @@ def _final_evaluation(fit: Fit, unwrapped, loaders: dict, data, history, best) -
     def scored(logits, labels, m) -> tuple[dict, torch.Tensor]:
         probs = probabilities(mode_logits(logits, m), temps[m])
         result = report(confusion_matrix(probs.argmax(1), labels, n_classes), data.class_names)
-        return {**result, **calibration_summary(mode_logits(logits, m), labels, temps[m])}, probs.argmax(1)
+        return {**result, **calibration_summary(mode_logits(logits, m), labels, temps[m])}, probs
 
-    test, test_preds = scored(test_logits, test_labels, mode)
+    test, test_probs = scored(test_logits, test_labels, mode)
     single, _ = scored(test_logits, test_labels, SINGLE_PASS)
     test["loss"] = float(torch.nn.functional.cross_entropy(test_logits[0], test_labels))
     metrics = {
@@ -578,7 +578,7 @@ def _final_evaluation(fit: Fit, unwrapped, loaders: dict, data, history, best) -
     }
     if mode != SINGLE_PASS:
         metrics["test_without_tta"] = single
-    examples = pick_examples(data.splits["test"], test_preds, data.class_names)
+    examples = pick_examples(data.splits["test"], test_probs, data.class_names)
     accelerator.print(f"validation picked {mode} (accuracy {selection['validation_accuracy']}, temperatures {temps}); "
                       f"test accuracy {test['accuracy']:.4f} (95% CI {test['accuracy_ci95'][0]:.4f}-"
                       f"{test['accuracy_ci95'][1]:.4f}), single pass {single['accuracy']:.4f}, ECE "
@@ -591,15 +591,19 @@ def _mode_name(mode: str) -> Optional[str]:
     return None if mode == SINGLE_PASS else mode
 
 
-def pick_examples(patches: Patches, preds: torch.Tensor, class_names: list[str]) -> dict[str, tuple[str, torch.Tensor]]:
-    """One correctly classified test patch per class (the first in file order): ``{class: (file id, image)}``."""
+def pick_examples(patches: Patches, probs: torch.Tensor, class_names: list[str]
+                  ) -> dict[str, tuple[str, torch.Tensor]]:
+    """Per class, the correctly classified test patch the model is surest of (the first in file order among equals):
+    ``{class: (file id, image)}``. A visitor clicking an example sees a confident right answer."""
     out = {}
-    if len(preds) != len(patches):
+    if len(probs) != len(patches):
         return out
+    preds, confidence = probs.argmax(1), probs.max(1).values
     for c, name in enumerate(class_names):
         hits = torch.nonzero((patches.labels == c) & (preds == c)).flatten()
         if len(hits):
-            out[name] = (patches.files[int(hits[0])], patches.images[int(hits[0])])
+            best = int(hits[torch.argmax(confidence[hits])])  # argmax returns the first of equal maxima
+            out[name] = (patches.files[best], patches.images[best])
     return out
 
 
