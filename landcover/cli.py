@@ -171,7 +171,7 @@ def _bands_arg(text: str) -> tuple[int, ...]:
     return bands
 
 
-def _add_scene_options(p: argparse.ArgumentParser, model_help: str) -> None:
+def _add_scene_options(p: argparse.ArgumentParser, model_help: str, outputs: bool = True) -> None:
     from landcover.core.labels import PATCH_SIZE_PX
     from landcover.readers.radiometry import KINDS
 
@@ -197,10 +197,11 @@ def _add_scene_options(p: argparse.ArgumentParser, model_help: str) -> None:
                         "at ~10 m are resampled to 10 m before tiling.")
     p.add_argument("--no-resample", dest="resample", action="store_false",
                    help="Tile at the native pixel size even when it is not ~10 m (the model expects 10 m).")
-    p.add_argument("--geotiff", default=None, help="Also write the class raster(s) as a GeoTIFF with the scene's "
-                                                   "CRS and transform (georeferenced scenes only).")
-    p.add_argument("--geojson", default=None, help="Also write class regions as GeoJSON polygons in the scene's "
-                                                   "CRS (georeferenced scenes only).")
+    if outputs:
+        p.add_argument("--geotiff", default=None, help="Also write the class raster(s) as a GeoTIFF with the scene's "
+                                                       "CRS and transform (georeferenced scenes only).")
+        p.add_argument("--geojson", default=None, help="Also write class regions as GeoJSON polygons in the scene's "
+                                                       "CRS (georeferenced scenes only).")
     p.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS,
                    help="Inference engine (default auto: the int8 graph the model folder ships when its measured "
                         "accuracy cost is within budget, else its float ONNX graph, else torch; falls back to "
@@ -220,7 +221,7 @@ def _map_options(args):
 
     return MapOptions(stride=args.stride, batch_size=args.batch_size,
                       progress=False if args.no_progress else None, tta=args.tta, evidence=args.evidence,
-                      min_confidence=args.min_confidence if args.command == "map" else 0.0)
+                      min_confidence=args.min_confidence if args.command in ("map", "map-region") else 0.0)
 
 
 def add_scene_commands(sub) -> None:
@@ -255,6 +256,43 @@ def add_scene_commands(sub) -> None:
                     help="A tile counts as changed only where both dates reach this confidence (default 0.5).")
     _add_scene_options(ch, model_help)
     ch.set_defaults(func=_change_command)
+
+    rg = sub.add_parser("map-region", help="Map many scenes in parallel on Ray into one mosaic with areas.",
+                        description="Map every scene on a local Ray cluster (--workers) or an existing one "
+                                    "(--address), one model load per worker; write per-scene results as they "
+                                    "finish (a rerun skips them), then one Cloud-Optimized GeoTIFF mosaic, "
+                                    "areas.json (geodesic areas), scenes.geojson, overview.png and run.json.")
+    rg.add_argument("inputs", nargs="+", help=f"Scenes ({scene_help}), or @list.txt with one per line.")
+    rg.add_argument("--out", required=True, help="Output folder (created; reused by a rerun to resume).")
+    rg.add_argument("--workers", type=positive_int, default=2, help="Local Ray workers (default 2).")
+    rg.add_argument("--address", default=None, help="Join an existing Ray cluster (e.g. auto, ray://host:10001).")
+    rg.add_argument("--crs", default=None, help="CRS of the mosaic, e.g. EPSG:3035 (default: the first scene's).")
+    rg.add_argument("--retries", type=int, default=2, help="Re-runs of a scene whose worker died (default 2).")
+    rg.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE,
+                    help=f"Cells below this top-1 probability are uncertain (255 in the mosaic; default "
+                         f"{DEFAULT_MIN_CONFIDENCE:g}).")
+    _add_scene_options(rg, model_help, outputs=False)
+    rg.set_defaults(func=_map_region_command)
+
+
+def _map_region_command(args) -> int:
+    from landcover.readers.radiometry import scaling_from_flags
+    from landcover.scenes.region import RegionOptions, map_region
+
+    reading = dict(bands=args.bands, given=scaling_from_flags(args.scale, args.offset, args.clip),
+                   pixel_size_m=args.pixel_size, resample=args.resample)
+    options = RegionOptions(Path(args.out), _map_options(args), model=args.model, backend=args.backend,
+                            workers=args.workers, address=args.address, crs=args.crs, retries=args.retries,
+                            reading=reading, progress=not args.no_progress)
+    run = map_region(args.inputs, options)
+    if args.json:
+        print(json.dumps(run))
+    else:
+        print(f"{run['done']} of {run['scenes']} scenes mapped ({run['skipped']} already done, "
+              f"{len(run['failed'])} failed); {run['tiles_per_s'] or '-'} tiles/s; outputs in {args.out}")
+        for item in run["failed"]:
+            print(f"  failed: {item['scene']}: {item['error']}", file=sys.stderr)
+    return 0 if run["done"] else 2
 
 
 def _open_scene(path: str, args):

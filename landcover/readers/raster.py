@@ -84,7 +84,7 @@ def _metres_per_pixel(ds) -> tuple[float, float, str]:
     if ds.crs.is_geographic:  # geodesic lengths of one pixel step at the scene centre, on the CRS's ellipsoid
         from pyproj import CRS
 
-        lon, lat = t * (ds.width / 2, ds.height / 2)
+        lon, lat = t @ (ds.width / 2, ds.height / 2)
         geod = CRS.from_wkt(ds.crs.to_wkt()).get_geod()
         mx = geod.inv(lon - sx / 2, lat, lon + sx / 2, lat)[2]
         my = geod.inv(lon, lat - sy / 2, lon, lat + sy / 2)[2]

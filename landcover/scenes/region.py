@@ -1,0 +1,379 @@
+"""Map a whole region: many scenes in parallel on Ray, resumable, one mosaic with areas measured on the ground.
+
+:func:`map_region` maps every scene (anything :func:`landcover.readers.raster.open_scene` reads) on a Ray cluster:
+a local one with ``workers`` processes by default, or an existing one by ``address``. Each worker is an actor that
+loads the model once (:class:`SceneMapper`); scenes are handed out through Ray's ``ActorPool``, so at most one scene
+per worker is in flight (memory stays bounded by a few scenes), a task whose worker dies is retried on a restarted
+one, and a scene that keeps failing is reported in ``run.json`` without hiding the others.
+
+Outputs in ``out`` (every per-scene result is written atomically as it finishes, so a rerun of the same command
+skips the scenes already done, and ``kill -9`` loses at most the scenes in flight):
+
+* ``scenes/<id>/classes.tif`` and ``summary.json``: each scene's class map (the ``landcover map --geotiff`` raster)
+  and its areas;
+* ``classes.tif``: one Cloud-Optimized GeoTIFF mosaic of class indices (uint8 in the model's label order; 255 = no
+  data, masked or uncertain; tag ``labels``), in one CRS (``crs``, default the first scene's), overlaps resolved by
+  the higher confidence; ``confidence.tif`` likewise (percent, 255 = none);
+* ``areas.json``: km² per class per scene and for the mosaic (``total``), from geodesic pixel areas (equal-area on
+  the WGS 84 ellipsoid), never from pixel counts of a geographic CRS;
+* ``scenes.geojson``: footprints (WGS 84), status and time of every scene; ``overview.png``: the mosaic with its
+  legend; ``run.json``: engine, workers, scenes done / skipped / failed, tiles per second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from landcover.scenes.mapping import MapOptions
+
+NODATA = 255
+SUMMARY = "summary.json"
+AREA_BLOCK_PX = 64  # pixel areas are computed per block of this many pixels a side (they vary slowly)
+
+
+@dataclass
+class RegionOptions:
+    """What :func:`map_region` does besides the per-scene :class:`MapOptions`."""
+
+    out: Path
+    map: MapOptions = field(default_factory=MapOptions)
+    model: Optional[str] = None  # model folder or Hub id; None: the embedded model
+    backend: str = "auto"
+    workers: int = 2  # local Ray workers (ignored with an address: the cluster's own size decides)
+    address: Optional[str] = None  # an existing Ray cluster ("auto", "ray://host:10001", ...)
+    crs: Optional[str] = None  # the mosaic's CRS (default: the first scene's)
+    retries: int = 2  # restarts of a dead worker, and re-runs of its task, before a scene counts as failed
+    reading: dict = field(default_factory=dict)  # open_scene options: bands, given, pixel_size_m, resample
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {self.workers}.")
+
+
+def scene_id(ref: str) -> str:
+    """A stable folder name for a scene reference: a readable stem plus a hash of the whole reference."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(ref.rstrip("/")).stem or "scene")[:60]
+    return f"{stem}-{hashlib.sha1(ref.encode()).hexdigest()[:8]}"
+
+
+class SceneMapper:
+    """One worker: loads the model once and maps scenes with it (run as a Ray actor by :func:`map_region`)."""
+
+    def __init__(self, model: Optional[str], backend: str, options: MapOptions, reading: dict):
+        from landcover.inference.predictor import load_predictor
+
+        self.predictor = load_predictor(model, backend=backend, task="scenes")
+        self.options, self.reading = replace(options, progress=False), reading
+
+    def map(self, ref: str, folder: str) -> dict:
+        """Map ``ref`` into ``folder`` (written atomically) and return its summary."""
+        from landcover.readers.raster import open_scene
+        from landcover.scenes import export
+        from landcover.scenes.mapping import map_scene
+
+        start = time.perf_counter()
+        with open_scene(ref, **self.reading) as scene:
+            if not scene.georeferenced:
+                raise ValueError(f"{ref!r} has no CRS/transform; a region mosaic needs georeferenced scenes.")
+            result = map_scene(self.predictor, scene, self.options)
+        target = Path(folder)
+        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        export.write_class_geotiff(result, tmp / "classes.tif")
+        rows, cols = result.grid.shape
+        summary = {"scene": ref, "id": target.name, "status": "done", "crs": result.crs.to_string(),
+                   "labels": result.labels, "evidence": result.evidence_note,
+                   "areas_km2": {k: round(v["km2"], 6) for k, v in result.area_table().items()},
+                   "uncertain_km2": result.to_json()["uncertain_km2"],
+                   "tiles": int(_tiles(rows, cols, result.stride, result.patch_size)),
+                   "seconds": round(time.perf_counter() - start, 3), "mapped_at": _now()}
+        (tmp / SUMMARY).write_text(json.dumps(summary, indent=1))
+        if target.exists():  # a concurrent or earlier partial result of the same scene
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        return summary
+
+
+def _tiles(rows: int, cols: int, stride: int, patch: int) -> int:
+    k = patch // stride
+    return max(rows - k + 1, 0) * max(cols - k + 1, 0)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def expand_inputs(inputs: Sequence[str]) -> list[str]:
+    """Scene references; ``@list.txt`` reads one reference per line (blank lines and ``#`` comments skipped)."""
+    refs: list[str] = []
+    for item in inputs:
+        if item.startswith("@"):
+            lines = Path(item[1:]).read_text().splitlines()
+            refs += [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+        else:
+            refs.append(item)
+    if not refs:
+        raise ValueError("No scenes given; expected scene files, band folders, STAC items or @list.txt.")
+    return list(dict.fromkeys(refs))  # each scene once, in the given order
+
+
+def map_region(inputs: Sequence[str], options: RegionOptions) -> dict:
+    """Map every scene on Ray, then build the mosaic and the area tables (see the module docstring).
+
+    Returns the ``run.json`` record.
+    """
+    refs = expand_inputs(inputs)
+    scenes_dir = options.out / "scenes"
+    scenes_dir.mkdir(parents=True, exist_ok=True)
+    todo = [r for r in refs if not (scenes_dir / scene_id(r) / SUMMARY).is_file()]
+    start = time.perf_counter()
+    failed = _run_on_ray(todo, scenes_dir, options) if todo else {}
+    seconds = time.perf_counter() - start
+    summaries = {r: json.loads((scenes_dir / scene_id(r) / SUMMARY).read_text()) for r in refs
+                 if (scenes_dir / scene_id(r) / SUMMARY).is_file()}
+    new_tiles = sum(summaries[r]["tiles"] for r in todo if r in summaries)
+    record = {"engine": "ray", "workers": options.workers if not options.address else None,
+              "address": options.address, "scenes": len(refs), "done": len(summaries),
+              "mapped": len([r for r in todo if r in summaries]), "skipped": len(refs) - len(todo),
+              "failed": [{"scene": r, "error": e} for r, e in failed.items()],
+              "mapping_seconds": round(seconds, 2), "tiles": new_tiles,
+              "tiles_per_s": round(new_tiles / seconds, 1) if new_tiles and seconds > 0 else None}
+    if summaries:
+        record.update(build_outputs(refs, summaries, failed, options))
+    (options.out / "run.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def _run_on_ray(refs: list[str], scenes_dir: Path, options: RegionOptions) -> dict[str, str]:
+    """Map ``refs`` on Ray; returns ``{ref: error}`` of the scenes that failed every try."""
+    import ray
+    from ray.util import ActorPool
+    from tqdm.auto import tqdm
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        package_root = str(Path(__file__).resolve().parents[2])  # workers import landcover as the driver does
+        env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH"))
+                                                          if p)}}
+        if options.address:
+            ray.init(address=options.address, runtime_env=env, log_to_driver=False)
+        else:
+            ray.init(num_cpus=options.workers, include_dashboard=False, runtime_env=env, log_to_driver=False)
+    try:
+        actor = ray.remote(num_cpus=1, max_restarts=options.retries, max_task_retries=options.retries)(SceneMapper)
+        n = min(len(refs), options.workers if not options.address else int(ray.cluster_resources().get("CPU", 1)))
+        pool = ActorPool([actor.remote(options.model, options.backend, options.map, options.reading)
+                          for _ in range(max(1, n))])
+        failed: dict[str, str] = {}
+        bar = tqdm(total=len(refs), unit="scene", desc="region", disable=not options.progress, file=sys.stderr)
+        for ref in refs:
+            pool.submit(lambda a, r: a.map.remote(r, str(scenes_dir / scene_id(r))), ref)
+        for ref in refs:  # one result per submitted scene, in completion order
+            try:
+                pool.get_next_unordered()
+            except Exception as err:  # noqa: BLE001 - a failed scene is reported, the others go on
+                failed[_failed_ref(err, refs, scenes_dir, failed)] = _error_text(err)
+            bar.update(1)
+        bar.close()
+        return failed
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _failed_ref(err: Exception, refs: list[str], scenes_dir: Path, failed: dict) -> str:
+    """The scene a failed task was mapping: named in the error, else the first without a result."""
+    text = str(err)
+    for ref in refs:
+        if ref in text and ref not in failed:
+            return ref
+    for ref in refs:
+        if ref not in failed and not (scenes_dir / scene_id(ref) / SUMMARY).is_file():
+            return ref
+    return f"unknown-{len(failed)}"
+
+
+def _error_text(err: Exception) -> str:
+    cause = getattr(err, "cause", None) or err
+    lines = [line for line in str(cause).splitlines() if line.strip()]
+    return lines[-1][:500] if lines else type(err).__name__
+
+
+# ---------------------------------------------------------------- mosaic and areas
+
+
+def build_outputs(refs: Sequence[str], summaries: dict, failed: dict, options: RegionOptions) -> dict:
+    """``classes.tif``, ``confidence.tif``, ``areas.json``, ``scenes.geojson`` and ``overview.png`` from the
+    per-scene results; returns what ``run.json`` records of them."""
+    import rasterio
+    from rasterio.crs import CRS
+
+    done = [r for r in refs if r in summaries]
+    paths = [options.out / "scenes" / scene_id(r) / "classes.tif" for r in done]
+    with rasterio.open(paths[0]) as first:
+        labels = json.loads(first.tags()["classes"])
+        crs = CRS.from_user_input(options.crs) if options.crs else first.crs
+        pixel = abs(first.transform.a)
+    grid = _mosaic_grid(paths, crs, pixel)
+    classes, confidence = _mosaic(paths, grid, len(labels))
+    _write_cog(options.out / "classes.tif", classes, grid, {"labels": json.dumps(labels)}, colours=labels)
+    _write_cog(options.out / "confidence.tif", confidence, grid, {"units": "percent"})
+    areas = _class_areas(classes, grid, len(labels))
+    table = {"labels": labels, "crs": crs.to_string(), "method": "geodesic pixel areas on the WGS 84 ellipsoid",
+             "scenes": {summaries[r]["id"]: summaries[r]["areas_km2"] for r in done},
+             "total": dict(zip(labels, [round(float(a), 6) for a in areas[:-1]])),
+             "no_data_masked_or_uncertain_km2": round(float(areas[-1]), 6)}
+    (options.out / "areas.json").write_text(json.dumps(table, indent=1))
+    _write_footprints(options.out / "scenes.geojson", refs, summaries, failed)
+    _write_overview(options.out / "overview.png", classes, labels, table)
+    return {"crs": crs.to_string(), "mosaic_size": [grid["height"], grid["width"]]}
+
+
+def _mosaic_grid(paths: list[Path], crs, pixel: float) -> dict:
+    import rasterio
+    from affine import Affine
+    from rasterio.warp import transform_bounds
+
+    bounds = []
+    for path in paths:
+        with rasterio.open(path) as ds:
+            bounds.append(transform_bounds(ds.crs, crs, *ds.bounds, densify_pts=21))
+    west, south = min(b[0] for b in bounds), min(b[1] for b in bounds)
+    east, north = max(b[2] for b in bounds), max(b[3] for b in bounds)
+    width, height = math.ceil((east - west) / pixel), math.ceil((north - south) / pixel)
+    return {"crs": crs, "transform": Affine(pixel, 0, west, 0, -pixel, north), "width": width, "height": height}
+
+
+def _mosaic(paths: list[Path], grid: dict, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class and confidence mosaics: each scene warped (nearest) onto the grid; the higher confidence wins."""
+    import rasterio
+    from rasterio.warp import Resampling, reproject
+
+    shape = (grid["height"], grid["width"])
+    classes = np.full(shape, NODATA, dtype=np.uint8)
+    confidence = np.full(shape, NODATA, dtype=np.uint8)
+    best = np.full(shape, -1, dtype=np.int16)
+    for path in paths:
+        with rasterio.open(path) as ds:
+            warped = np.full((2, *shape), NODATA, dtype=np.uint8)
+            for band in (1, 2):
+                reproject(rasterio.band(ds, band), warped[band - 1], dst_transform=grid["transform"],
+                          dst_crs=grid["crs"], dst_nodata=NODATA, resampling=Resampling.nearest)
+        cls, conf = warped
+        valid = cls < n_labels  # masked (2xx), uncertain (206) and nodata (255) carry no class
+        score = np.where(valid, conf.astype(np.int16), -1)
+        take = score > best
+        classes[take], confidence[take], best[take] = cls[take], conf[take], score[take]
+    return classes, confidence
+
+
+def _write_cog(path: Path, data: np.ndarray, grid: dict, tags: dict, colours: Optional[list] = None) -> None:
+    """A Cloud-Optimized GeoTIFF (GDAL's COG driver: tiled, overviews, deflate), written via a temporary file."""
+    import rasterio
+    from rasterio.shutil import copy as raster_copy
+
+    tmp = path.with_suffix(".tmp.tif")
+    profile = dict(driver="GTiff", height=data.shape[0], width=data.shape[1], count=1, dtype="uint8",
+                   crs=grid["crs"], transform=grid["transform"], nodata=NODATA, tiled=True, blockxsize=256,
+                   blockysize=256, compress="deflate")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(data, 1)
+        dst.update_tags(**tags)
+        if colours:
+            from landcover.scenes.render import class_colours
+
+            table = class_colours(colours)
+            dst.write_colormap(1, {i: (*map(int, table[i]), 255) for i in range(len(colours))})
+    raster_copy(tmp, path, driver="COG", compress="DEFLATE", overview_resampling="nearest")
+    tmp.unlink()
+
+
+def _class_areas(classes: np.ndarray, grid: dict, n_labels: int) -> np.ndarray:
+    """km² per class (and a last entry for no class) from geodesic areas of blocks of pixels."""
+    areas = np.zeros(n_labels + 1)
+    block = AREA_BLOCK_PX
+    pixel_km2 = _block_pixel_areas_km2(grid, block)
+    for bi in range(pixel_km2.shape[0]):
+        for bj in range(pixel_km2.shape[1]):
+            cells = classes[bi * block:(bi + 1) * block, bj * block:(bj + 1) * block]
+            counts = np.bincount(np.where(cells < n_labels, cells, n_labels).ravel(), minlength=n_labels + 1)
+            areas += counts[:n_labels + 1] * pixel_km2[bi, bj]
+    return areas
+
+
+def _block_pixel_areas_km2(grid: dict, block: int) -> np.ndarray:
+    """km² of one pixel in each ``block`` x ``block`` block: the block's geodesic area over its pixel count."""
+    from pyproj import CRS, Geod, Transformer
+
+    rows, cols = math.ceil(grid["height"] / block), math.ceil(grid["width"] / block)
+    to_lonlat = Transformer.from_crs(CRS.from_wkt(grid["crs"].to_wkt()), "EPSG:4326", always_xy=True)
+    geod = Geod(ellps="WGS84")
+    t = grid["transform"]
+    out = np.zeros((rows, cols))
+    for i in range(rows):
+        for j in range(cols):
+            r0, c0 = i * block, j * block
+            r1, c1 = min(r0 + block, grid["height"]), min(c0 + block, grid["width"])
+            corners = [t @ (c0, r0), t @ (c1, r0), t @ (c1, r1), t @ (c0, r1)]
+            lon, lat = to_lonlat.transform([x for x, _ in corners], [y for _, y in corners])
+            area, _ = geod.polygon_area_perimeter(lon, lat)
+            out[i, j] = abs(area) / 1e6 / ((r1 - r0) * (c1 - c0))
+    return out
+
+
+def _write_footprints(path: Path, refs: Sequence[str], summaries: dict, failed: dict) -> None:
+    import rasterio
+    from rasterio.warp import transform_geom
+
+    features = []
+    for ref in refs:
+        props = {"scene": ref, "id": scene_id(ref)}
+        geometry = None
+        if ref in summaries:
+            props.update(status="done", mapped_at=summaries[ref]["mapped_at"],
+                         seconds=summaries[ref]["seconds"])
+            with rasterio.open(path.parent / "scenes" / scene_id(ref) / "classes.tif") as ds:
+                w, s, e, n = ds.bounds
+                ring = [[w, s], [e, s], [e, n], [w, n], [w, s]]
+                geometry = transform_geom(ds.crs, "EPSG:4326", {"type": "Polygon", "coordinates": [ring]})
+        else:
+            props.update(status="failed" if ref in failed else "not mapped", error=failed.get(ref))
+        features.append({"type": "Feature", "geometry": geometry, "properties": props})
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+
+
+def _write_overview(path: Path, classes: np.ndarray, labels: list, table: dict) -> None:
+    from PIL import Image
+
+    from landcover.scenes.render import UNCLASSIFIED_COLOUR, add_legend, class_colours, display_size
+
+    h, w = display_size(*classes.shape)
+    ys = (np.arange(h) * classes.shape[0] / h).astype(int)
+    xs = (np.arange(w) * classes.shape[1] / w).astype(int)
+    shown = classes[ys[:, None], xs[None, :]]
+    colours = np.concatenate([class_colours(labels)[:len(labels)],
+                              np.full((256 - len(labels), 3), UNCLASSIFIED_COLOUR, dtype=np.uint8)])
+    image = Image.fromarray(colours[shown])
+    entries = [(tuple(int(v) for v in class_colours(labels)[i]), f"{name}  {table['total'][name]:.3f} km2")
+               for i, name in enumerate(labels)]
+    entries.append((UNCLASSIFIED_COLOUR, f"no data / masked / uncertain  "
+                                         f"{table['no_data_masked_or_uncertain_km2']:.3f} km2"))
+    add_legend(image, entries, "Land cover (region)", f"Mosaic in {table['crs']}; areas: {table['method']}.").save(path)
+
+
+__all__ = ["RegionOptions", "SceneMapper", "map_region", "scene_id", "expand_inputs"]

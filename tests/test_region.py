@@ -1,0 +1,103 @@
+"""Region maps on a real local Ray cluster (2 workers): generated scenes in two UTM zones, a corrupt scene, resume."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from affine import Affine
+
+from datagen import class_patch
+
+pytest.importorskip("ray")
+
+ROOT = Path(__file__).resolve().parents[1]
+P = 64
+
+
+def write_scene(path: Path, crs: str, origin: tuple[float, float], classes: np.ndarray, seed: int) -> Path:
+    """A 4-band (B02, B03, B04, B08) reflectance x 10000 GeoTIFF of class patches at 10 m."""
+    import rasterio
+
+    rng = np.random.default_rng(seed)
+    rgb = np.concatenate([np.concatenate([class_patch(int(c), rng) for c in row], axis=1) for row in classes])
+    refl = rgb.astype(np.float64) / 255 * 2750 + 100
+    nir = np.full(rgb.shape[:2], 3000.0)
+    bands = np.stack([refl[..., 2], refl[..., 1], refl[..., 0], nir]).round().astype(np.uint16)
+    with rasterio.open(path, "w", driver="GTiff", height=bands.shape[1], width=bands.shape[2], count=4,
+                       dtype="uint16", crs=crs, transform=Affine(10, 0, origin[0], 0, -10, origin[1])) as dst:
+        dst.write(bands)
+        for i, d in enumerate(("B02", "B03", "B04", "B08"), start=1):
+            dst.set_band_description(i, d)
+    return path
+
+
+@pytest.fixture(scope="module")
+def region_inputs(tmp_path_factory) -> list[str]:
+    """Two scenes either side of the 32/33 UTM boundary (12 E, 50 N), and a file that is no raster."""
+    from pyproj import Transformer
+
+    folder = tmp_path_factory.mktemp("region")
+    west = Transformer.from_crs("EPSG:4326", "EPSG:32632", always_xy=True).transform(11.98, 50.0)
+    east = Transformer.from_crs("EPSG:4326", "EPSG:32633", always_xy=True).transform(12.02, 50.0)
+    a = write_scene(folder / "west.tif", "EPSG:32632", west, np.array([[1, 3, 4], [5, 6, 7]]), seed=1)
+    b = write_scene(folder / "east.tif", "EPSG:32633", east, np.array([[2, 4], [6, 8], [0, 1]]), seed=2)
+    corrupt = folder / "corrupt.tif"
+    corrupt.write_bytes(b"II*\x00" + b"\x00" * 64)
+    return [str(a), str(corrupt), str(b)]
+
+
+def test_region_maps_two_utm_zones_into_one_mosaic_reports_failures_and_resumes(region_inputs, tiny_model_dir,
+                                                                              tmp_path):
+    import rasterio
+
+    from landcover.scenes.mapping import MapOptions
+    from landcover.scenes.region import RegionOptions, map_region
+
+    options = RegionOptions(tmp_path / "out", MapOptions(stride=32, min_confidence=0.0), model=str(tiny_model_dir),
+                            backend="torch", workers=2, retries=1, progress=False)
+    run = map_region(region_inputs, options)
+    assert run["engine"] == "ray" and run["workers"] == 2 and run["scenes"] == 3
+    assert run["done"] == 2 and run["mapped"] == 2 and run["skipped"] == 0 and run["tiles_per_s"] > 0
+    assert [f["scene"] for f in run["failed"]] == [region_inputs[1]] and run["failed"][0]["error"]
+    out = options.out
+    with rasterio.open(out / "classes.tif") as ds:
+        assert ds.crs.to_string() == "EPSG:32632"  # the first scene's CRS
+        assert json.loads(ds.tags()["labels"])[0] == "AnnualCrop" and ds.nodata == 255
+        assert ds.overviews(1) or max(ds.shape) < 512  # COG: overviews once large enough
+        classes = ds.read(1)
+    # Both scenes are in the mosaic: the east one warped from zone 33.
+    assert (classes != 255).sum() > 0.9 * (6 + 6) * P * P
+    areas = json.loads((out / "areas.json").read_text())
+    per_scene = [sum(v.values()) for v in areas["scenes"].values()]
+    assert per_scene == pytest.approx([6 * P * P * 100 / 1e6, 6 * P * P * 100 / 1e6], rel=1e-6)
+    # Geodesic areas of the mosaic: the same ground (within the warp's nearest-neighbour edge effects).
+    total = sum(areas["total"].values())
+    assert total == pytest.approx(sum(per_scene), rel=0.03)
+    footprints = json.loads((out / "scenes.geojson").read_text())["features"]
+    assert [f["properties"]["status"] for f in footprints] == ["done", "failed", "done"]
+    lon, lat = np.array(footprints[2]["geometry"]["coordinates"][0]).T
+    assert 12.0 < lon.min() < 12.1 and 49.9 < lat.min() < 50.1  # WGS 84
+    assert (out / "overview.png").stat().st_size > 1000
+    # Rerun: the mapped scenes are skipped, the broken one is tried again, and the mosaic is rebuilt.
+    (out / "classes.tif").unlink()
+    again = map_region(region_inputs, options)
+    assert again["skipped"] == 2 and again["mapped"] == 0 and len(again["failed"]) == 1
+    assert (out / "classes.tif").is_file()
+
+
+def test_cli_map_region_runs_and_writes_run_json(region_inputs, tiny_model_dir, tmp_path):
+    listing = tmp_path / "scenes.txt"
+    listing.write_text(f"# two scenes\n{region_inputs[0]}\n\n{region_inputs[2]}\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "landcover", "map-region", f"@{listing}", "--out",
+                        str(tmp_path / "out"), "--workers", "2", "--model", str(tiny_model_dir), "--stride", "64",
+                        "--backend", "torch", "--no-progress", "--json"],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = json.loads(r.stdout)
+    assert run["done"] == 2 and run["failed"] == [] and run["crs"] == "EPSG:32632"
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["done"] == 2
