@@ -262,7 +262,14 @@ def add_scene_commands(sub) -> None:
                                     "(--address), one model load per worker; write per-scene results as they "
                                     "finish (a rerun skips them), then one Cloud-Optimized GeoTIFF mosaic, "
                                     "areas.json (geodesic areas), scenes.geojson, overview.png and run.json.")
-    rg.add_argument("inputs", nargs="+", help=f"Scenes ({scene_help}), or @list.txt with one per line.")
+    rg.add_argument("inputs", nargs="*", help=f"Scenes ({scene_help}), or @list.txt with one per line.")
+    rg.add_argument("--stac-api", default=None, help="Also map the items of a STAC API search (landing page URL).")
+    rg.add_argument("--collections", nargs="+", default=["sentinel-2-l2a"], help="With --stac-api.")
+    rg.add_argument("--bbox", nargs=4, type=float, default=None, metavar=("W", "S", "E", "N"),
+                    help="With --stac-api: degrees.")
+    rg.add_argument("--datetime", default=None, help="With --stac-api: e.g. 2024-06-01/2024-06-30.")
+    rg.add_argument("--max-cloud", type=float, default=None, help="With --stac-api: eo:cloud_cover below this.")
+    rg.add_argument("--max-items", type=positive_int, default=100, help="With --stac-api (default 100).")
     rg.add_argument("--out", required=True, help="Output folder (created; reused by a rerun to resume).")
     rg.add_argument("--workers", type=positive_int, default=2, help="Local Ray workers (default 2).")
     rg.add_argument("--address", default=None, help="Join an existing Ray cluster (e.g. auto, ray://host:10001).")
@@ -277,14 +284,22 @@ def add_scene_commands(sub) -> None:
 
 def _map_region_command(args) -> int:
     from landcover.readers.radiometry import scaling_from_flags
-    from landcover.scenes.region import RegionOptions, map_region
+    from landcover.scenes.region import RegionOptions, StacSearch, map_region, search_stac
+
+    inputs = list(args.inputs)
+    if args.stac_api:
+        search = StacSearch(args.stac_api, tuple(args.collections), tuple(args.bbox) if args.bbox else None,
+                            args.datetime, args.max_cloud, args.max_items)
+        inputs += search_stac(search, Path(args.out) / "items")
+    if not inputs:
+        raise ValueError("map-region needs scenes: give files, folders, STAC items or @list.txt, or --stac-api.")
 
     reading = dict(bands=args.bands, given=scaling_from_flags(args.scale, args.offset, args.clip),
                    pixel_size_m=args.pixel_size, resample=args.resample)
     options = RegionOptions(Path(args.out), _map_options(args), model=args.model, backend=args.backend,
                             workers=args.workers, address=args.address, crs=args.crs, retries=args.retries,
                             reading=reading, progress=not args.no_progress)
-    run = map_region(args.inputs, options)
+    run = map_region(inputs, options)
     if args.json:
         print(json.dumps(run))
     else:

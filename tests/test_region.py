@@ -101,3 +101,98 @@ def test_cli_map_region_runs_and_writes_run_json(region_inputs, tiny_model_dir, 
     run = json.loads(r.stdout)
     assert run["done"] == 2 and run["failed"] == [] and run["crs"] == "EPSG:32632"
     assert json.loads((tmp_path / "out" / "run.json").read_text())["done"] == 2
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_the_run_completes(tiny_model_dir, tmp_path):
+    """kill -9 of the worker mapping a scene: Ray restarts the actor and runs the scene again."""
+    import signal
+    import threading
+    import time
+
+    from landcover.scenes.mapping import MapOptions
+    from landcover.scenes.region import RegionOptions, map_region
+
+    scenes = [str(write_scene(tmp_path / f"s{i}.tif", "EPSG:32633", (500000.0 + 20000 * i, 5600000.0),
+                              np.arange(64).reshape(8, 8) % 10, seed=i)) for i in range(3)]
+    options = RegionOptions(tmp_path / "out", MapOptions(stride=8, min_confidence=0.0), model=str(tiny_model_dir),
+                            backend="torch", workers=2, retries=2, progress=False)
+    killed = []
+
+    def kill_first_in_flight():  # a scene in flight is a folder named <id>.tmp-<worker pid>
+        deadline = time.monotonic() + 240
+        while not killed and time.monotonic() < deadline:
+            for entry in (tmp_path / "out" / "scenes").glob("*.tmp-*"):
+                pid = int(entry.name.rsplit("-", 1)[1])
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.02)  # polling for the condition, bounded by the deadline
+
+    watcher = threading.Thread(target=kill_first_in_flight)
+    watcher.start()
+    run = map_region(scenes, options)
+    watcher.join()
+    assert killed, "no scene was seen in flight"
+    assert run["done"] == 3 and run["failed"] == []
+    assert not list((tmp_path / "out" / "scenes").glob("*.tmp-*"))  # the killed worker's partial result is gone
+
+
+def test_map_region_searches_a_stac_api_and_maps_what_it_finds(region_inputs, tiny_model_dir, tmp_path):
+    """A small STAC API on loopback (landing page with its conformance classes, POST /search): the search sent is
+    the one asked for, and each item found is saved with absolute asset hrefs for map-region (reading items over
+    HTTP is tested with the STAC-over-HTTP scene test)."""
+    import functools
+    import shutil
+
+    from http_files import RangeHandler, base_url, running_server
+
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(region_inputs[2], served / "east.tif")
+    searches = []
+
+    class StacApi(RangeHandler):
+        def _json(self, data):
+            body = json.dumps(data).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            url = base_url(self.server)
+            if self.path in ("/", ""):
+                return self._json({"type": "Catalog", "id": "test", "stac_version": "1.0.0", "description": "t",
+                                   "conformsTo": ["https://api.stacspec.org/v1.0.0/core",
+                                                  "https://api.stacspec.org/v1.0.0/item-search",
+                                                  "https://api.stacspec.org/v1.0.0/item-search#query"],
+                                   "links": [{"rel": "self", "href": url + "/"},
+                                             {"rel": "root", "href": url + "/"},
+                                             {"rel": "search", "href": url + "/search", "method": "POST",
+                                              "type": "application/geo+json"}]})
+            return super().do_GET()
+
+        def do_POST(self):
+            searches.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            url = base_url(self.server)
+            item = {"type": "Feature", "stac_version": "1.0.0", "id": "S2_east", "collection": "sentinel-2-l2a",
+                    "geometry": None, "properties": {"datetime": "2024-06-01T10:00:00Z", "eo:cloud_cover": 3},
+                    "links": [],
+                    "assets": {k: {"href": f"{url}/east.tif", "eo:bands": [{"common_name": k}]}
+                               for k in ("red", "green", "blue")}}
+            return self._json({"type": "FeatureCollection", "features": [item], "links": []})
+
+    with running_server(functools.partial(StacApi, directory=str(served))) as server:
+        server.log = []
+        from landcover.scenes.region import StacSearch, search_stac
+
+        items = search_stac(StacSearch(base_url(server), ("sentinel-2-l2a",), (11.9, 49.9, 12.1, 50.1),
+                                       "2024-06-01/2024-06-30", 20.0), tmp_path / "items")
+        assert [Path(p).name for p in items] == ["S2_east.json"]
+        body = searches[0]
+        assert body["collections"] == ["sentinel-2-l2a"] and body["bbox"] == [11.9, 49.9, 12.1, 50.1]
+        assert body["datetime"].startswith("2024-06-01") and body["query"] == {"eo:cloud_cover": {"lt": 20.0}}
+        item = json.loads(Path(items[0]).read_text())
+        assert item["assets"]["red"]["href"] == base_url(server) + "/east.tif"
+        assert item["properties"]["eo:cloud_cover"] == 3

@@ -86,14 +86,14 @@ class SceneMapper:
         from landcover.scenes.mapping import map_scene
 
         start = time.perf_counter()
+        target = Path(folder)
+        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")  # in flight: named by the worker's process
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
         with open_scene(ref, **self.reading) as scene:
             if not scene.georeferenced:
                 raise ValueError(f"{ref!r} has no CRS/transform; a region mosaic needs georeferenced scenes.")
             result = map_scene(self.predictor, scene, self.options)
-        target = Path(folder)
-        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         export.write_class_geotiff(result, tmp / "classes.tif")
         rows, cols = result.grid.shape
         summary = {"scene": ref, "id": target.name, "status": "done", "crs": result.crs.to_string(),
@@ -132,6 +132,40 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(refs))  # each scene once, in the given order
 
 
+@dataclass(frozen=True)
+class StacSearch:
+    """A STAC API item search: the scenes of a place and time (``landcover map-region --stac-api``)."""
+
+    url: str  # the API's landing page, e.g. https://earth-search.aws.element84.com/v1
+    collections: tuple[str, ...] = ("sentinel-2-l2a",)
+    bbox: Optional[tuple[float, float, float, float]] = None  # west, south, east, north in degrees
+    datetime: Optional[str] = None  # "2024-06-01/2024-06-30"
+    max_cloud: Optional[float] = None  # eo:cloud_cover below this (percent)
+    max_items: int = 100
+
+
+def search_stac(search: StacSearch, folder: Path) -> list[str]:
+    """Run ``search`` with pystac-client and save each item as ``folder/<id>.json`` (its asset hrefs absolute, so
+    the scene is read from wherever the API says it lives); returns the item files, in the API's order."""
+    from pystac_client import Client
+
+    client = Client.open(search.url)
+    query = {"eo:cloud_cover": {"lt": search.max_cloud}} if search.max_cloud is not None else None
+    results = client.search(collections=list(search.collections), bbox=search.bbox, datetime=search.datetime,
+                            query=query, max_items=search.max_items)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for item in results.items():
+        item.make_asset_hrefs_absolute()
+        path = folder / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', item.id)}.json"
+        path.write_text(json.dumps(item.to_dict(include_self_link=False)))
+        paths.append(str(path))
+    if not paths:
+        raise ValueError(f"The STAC search of {search.url} found no item (collections {list(search.collections)}, "
+                         f"bbox {search.bbox}, datetime {search.datetime}, cloud < {search.max_cloud}); widen it.")
+    return paths
+
+
 def map_region(inputs: Sequence[str], options: RegionOptions) -> dict:
     """Map every scene on Ray, then build the mosaic and the area tables (see the module docstring).
 
@@ -144,6 +178,8 @@ def map_region(inputs: Sequence[str], options: RegionOptions) -> dict:
     start = time.perf_counter()
     failed = _run_on_ray(todo, scenes_dir, options) if todo else {}
     seconds = time.perf_counter() - start
+    for stale in scenes_dir.glob("*.tmp-*"):  # scenes whose worker died (retried elsewhere) or that failed
+        shutil.rmtree(stale, ignore_errors=True)
     summaries = {r: json.loads((scenes_dir / scene_id(r) / SUMMARY).read_text()) for r in refs
                  if (scenes_dir / scene_id(r) / SUMMARY).is_file()}
     new_tiles = sum(summaries[r]["tiles"] for r in todo if r in summaries)
