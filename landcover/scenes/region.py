@@ -2,7 +2,7 @@
 
 :func:`map_region` maps every scene (anything :func:`landcover.readers.raster.open_scene` reads) on a Ray cluster:
 a local one with ``workers`` processes by default, or an existing one by ``address``. Each worker is an actor that
-loads the model once (:class:`SceneMapper`); scenes are handed out through Ray's ``ActorPool``, so at most one scene
+loads the model once (:class:`SceneMapper`); scenes are handed to idle workers as they finish, so at most one scene
 per worker is in flight (memory stays bounded by a few scenes), a task whose worker dies is retried on a restarted
 one, and a scene that keeps failing is reported in ``run.json`` without hiding the others.
 
@@ -198,7 +198,6 @@ def map_region(inputs: Sequence[str], options: RegionOptions) -> dict:
 def _run_on_ray(refs: list[str], scenes_dir: Path, options: RegionOptions) -> dict[str, str]:
     """Map ``refs`` on Ray; returns ``{ref: error}`` of the scenes that failed every try."""
     import ray
-    from ray.util import ActorPool
     from tqdm.auto import tqdm
 
     started_here = not ray.is_initialized()
@@ -213,35 +212,26 @@ def _run_on_ray(refs: list[str], scenes_dir: Path, options: RegionOptions) -> di
     try:
         actor = ray.remote(num_cpus=1, max_restarts=options.retries, max_task_retries=options.retries)(SceneMapper)
         n = min(len(refs), options.workers if not options.address else int(ray.cluster_resources().get("CPU", 1)))
-        pool = ActorPool([actor.remote(options.model, options.backend, options.map, options.reading)
-                          for _ in range(max(1, n))])
-        failed: dict[str, str] = {}
+        idle = [actor.remote(options.model, options.backend, options.map, options.reading) for _ in range(max(1, n))]
+        queue, pending, failed = list(refs), {}, {}
         bar = tqdm(total=len(refs), unit="scene", desc="region", disable=not options.progress, file=sys.stderr)
-        for ref in refs:
-            pool.submit(lambda a, r: a.map.remote(r, str(scenes_dir / scene_id(r))), ref)
-        for ref in refs:  # one result per submitted scene, in completion order
+        while queue or pending:
+            while queue and idle:  # one scene in flight per worker: memory stays bounded
+                worker, ref = idle.pop(), queue.pop(0)
+                pending[worker.map.remote(ref, str(scenes_dir / scene_id(ref)))] = (ref, worker)
+            (ready,), _ = ray.wait(list(pending), num_returns=1)
+            ref, worker = pending.pop(ready)
             try:
-                pool.get_next_unordered()
+                ray.get(ready)
             except Exception as err:  # noqa: BLE001 - a failed scene is reported, the others go on
-                failed[_failed_ref(err, refs, scenes_dir, failed)] = _error_text(err)
+                failed[ref] = _error_text(err)
+            idle.append(worker)
             bar.update(1)
         bar.close()
         return failed
     finally:
         if started_here:
             ray.shutdown()
-
-
-def _failed_ref(err: Exception, refs: list[str], scenes_dir: Path, failed: dict) -> str:
-    """The scene a failed task was mapping: named in the error, else the first without a result."""
-    text = str(err)
-    for ref in refs:
-        if ref in text and ref not in failed:
-            return ref
-    for ref in refs:
-        if ref not in failed and not (scenes_dir / scene_id(ref) / SUMMARY).is_file():
-            return ref
-    return f"unknown-{len(failed)}"
 
 
 def _error_text(err: Exception) -> str:
