@@ -50,7 +50,7 @@ def make_scenes(folder: Path, n: int, size: int) -> list[str]:
 def main(argv=None) -> int:
     from landcover.inference.predictor import load_predictor
     from landcover.readers.raster import open_scene
-    from landcover.scenes.mapping import MapOptions, map_scene
+    from landcover.scenes.mapping import MapOptions, map_scene, tile_grid
     from landcover.scenes.region import RegionOptions, _run_on_ray, build_outputs, expand_inputs, scene_id
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -71,8 +71,7 @@ def main(argv=None) -> int:
         for ref in refs:
             with open_scene(ref) as scene:
                 result = map_scene(predictor, scene, options)
-            k = result.patch_size // result.stride
-            tiles += (result.grid.shape[0] - k + 1) * (result.grid.shape[1] - k + 1)
+            tiles += int(np.prod(tile_grid(result.height, result.width, result.patch_size, result.stride)))
         sequential = time.perf_counter() - start
         print(f"{len(refs)} scenes, {tiles} tiles, stride {args.stride}, backend {args.backend}")
         print(f"  sequential (model loaded once)  {sequential:8.2f} s  {tiles / sequential:8.1f} tiles/s  1.00x")

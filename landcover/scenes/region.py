@@ -36,7 +36,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from landcover.scenes.mapping import MapOptions
+from landcover.scenes.mapping import MapOptions, tile_grid
 
 NODATA = 255
 SUMMARY = "summary.json"
@@ -64,9 +64,14 @@ class RegionOptions:
             raise ValueError(f"--workers must be at least 1, got {self.workers}.")
 
 
+def _safe_name(text: str) -> str:
+    """``text`` as a file name: runs of anything but letters, digits, ``_ . -`` become ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
 def scene_id(ref: str) -> str:
     """A stable folder name for a scene reference: a readable stem plus a hash of the whole reference."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(ref.rstrip("/")).stem or "scene")[:60]
+    stem = _safe_name(Path(ref.rstrip("/")).stem or "scene")[:60]
     return f"{stem}-{hashlib.sha1(ref.encode()).hexdigest()[:8]}"
 
 
@@ -95,23 +100,17 @@ class SceneMapper:
                 raise ValueError(f"{ref!r} has no CRS/transform; a region mosaic needs georeferenced scenes.")
             result = map_scene(self.predictor, scene, self.options)
         export.write_class_geotiff(result, tmp / "classes.tif")
-        rows, cols = result.grid.shape
         summary = {"scene": ref, "id": target.name, "status": "done", "crs": result.crs.to_string(),
                    "labels": result.labels, "evidence": result.evidence_note,
                    "areas_km2": {k: round(v["km2"], 6) for k, v in result.area_table().items()},
                    "uncertain_km2": result.to_json()["uncertain_km2"],
-                   "tiles": int(_tiles(rows, cols, result.stride, result.patch_size)),
+                   "tiles": int(np.prod(tile_grid(result.height, result.width, result.patch_size, result.stride))),
                    "seconds": round(time.perf_counter() - start, 3), "mapped_at": _now()}
         (tmp / SUMMARY).write_text(json.dumps(summary, indent=1))
         if target.exists():  # a concurrent or earlier partial result of the same scene
             shutil.rmtree(target)
         os.replace(tmp, target)
         return summary
-
-
-def _tiles(rows: int, cols: int, stride: int, patch: int) -> int:
-    k = patch // stride
-    return max(rows - k + 1, 0) * max(cols - k + 1, 0)
 
 
 def _now() -> str:
@@ -157,7 +156,7 @@ def search_stac(search: StacSearch, folder: Path) -> list[str]:
     paths = []
     for item in results.items():
         item.make_asset_hrefs_absolute()
-        path = folder / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', item.id)}.json"
+        path = folder / f"{_safe_name(item.id)}.json"
         path.write_text(json.dumps(item.to_dict(include_self_link=False)))
         paths.append(str(path))
     if not paths:
