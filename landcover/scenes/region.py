@@ -212,7 +212,7 @@ def _run_on_ray(refs: list[str], scenes_dir: Path, options: RegionOptions) -> di
         actor = ray.remote(num_cpus=1, max_restarts=options.retries, max_task_retries=options.retries)(SceneMapper)
         n = min(len(refs), options.workers if not options.address else int(ray.cluster_resources().get("CPU", 1)))
         idle = [actor.remote(options.model, options.backend, options.map, options.reading) for _ in range(max(1, n))]
-        queue, pending, failed = list(refs), {}, {}
+        queue, pending, failed, tiles = list(refs), {}, {}, 0
         bar = tqdm(total=len(refs), unit="scene", desc="region", disable=not options.progress, file=sys.stderr)
         while queue or pending:
             while queue and idle:  # one scene in flight per worker: memory stays bounded
@@ -221,10 +221,11 @@ def _run_on_ray(refs: list[str], scenes_dir: Path, options: RegionOptions) -> di
             (ready,), _ = ray.wait(list(pending), num_returns=1)
             ref, worker = pending.pop(ready)
             try:
-                ray.get(ready)
+                tiles += ray.get(ready)["tiles"]
             except Exception as err:  # noqa: BLE001 - a failed scene is reported, the others go on
                 failed[ref] = _error_text(err)
             idle.append(worker)
+            bar.set_postfix(tiles=tiles, failed=len(failed), refresh=False)
             bar.update(1)
         bar.close()
         return failed
