@@ -14,9 +14,7 @@ Settings (what a user gets with the matching ``landcover map`` flags):
 
 * ``rgb``: the CNN on the RGB bands only (``--evidence rgb``);
 * ``bands``: every band the scene has (``--evidence auto``, the default): NIR / SWIR / SCL evidence fused with
-  the CNN's probabilities;
-* ``adabn``: ``bands`` plus the CNN's BatchNorm statistics re-estimated on the scene's own tiles (``--adapt
-  adabn``; torch backend).
+  the CNN's probabilities.
 
 Prints, per scene, one block per model x setting: agreement, balanced accuracy (mean per-class recall), per-class
 recall, coverage and the confusion matrix; ``--json FILE`` writes all of it. Not a test: it reads real data.
@@ -37,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from landcover.scenes.reference import (CROSSWALKS, DEFAULT_PURITY, REFERENCE_CLASSES, GridSpec,  # noqa: E402
                                         map_to_reference, rasterize_reference, reference_cells, score_cells)
 
-SETTINGS = ("rgb", "bands", "adabn")
+SETTINGS = ("rgb", "bands")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -105,8 +103,6 @@ def main(argv=None) -> int:
         for ref in args.models:
             predictor = load_predictor(None if ref == "default" else ref, backend=args.backend, task="scenes")
             for setting in args.settings:
-                if setting == "adabn" and getattr(predictor, "backend", "torch") != "torch":
-                    predictor = load_predictor(None if ref == "default" else ref, backend="torch", task="scenes")
                 figures, truth_raster = run_one(predictor, scene_path, truth_raster, setting, args)
                 if figures["cells"] == 0:
                     print("  no reference cell is scored: does the reference overlap the scene?")

@@ -103,7 +103,7 @@ class SceneMapper:
         summary = {"scene": ref, "id": target.name, "status": "done", "crs": result.crs.to_string(),
                    "labels": result.labels, "evidence": result.evidence_note,
                    "areas_km2": {k: round(v["km2"], 6) for k, v in result.area_table().items()},
-                   "uncertain_km2": result.to_json()["uncertain_km2"],
+                   "uncertain_km2": round(int(result.uncertain.sum()) * result.cell_area_km2, 6),
                    "tiles": int(np.prod(tile_grid(result.height, result.width, result.patch_size, result.stride))),
                    "seconds": round(time.perf_counter() - start, 3), "mapped_at": _now()}
         (tmp / SUMMARY).write_text(json.dumps(summary, indent=1))
