@@ -196,3 +196,51 @@ def test_map_region_searches_a_stac_api_and_maps_what_it_finds(region_inputs, ti
         item = json.loads(Path(items[0]).read_text())
         assert item["assets"]["red"]["href"] == base_url(server) + "/east.tif"
         assert item["properties"]["eo:cloud_cover"] == 3
+
+
+def test_a_large_scene_is_split_into_row_parts_across_workers_and_equals_one_pass(tiny_model_dir, tmp_path,
+                                                                                  monkeypatch):
+    """A scene above PART_TILES is planned into tile-row parts, mapped by both workers and assembled: the same
+    classes and confidences as mapping it in one pass in this process."""
+    import rasterio
+
+    from landcover.inference.predictor import load_predictor
+    from landcover.readers.raster import open_scene
+    from landcover.scenes import export, region
+    from landcover.scenes.mapping import MapOptions, map_scene
+
+    scene = str(write_scene(tmp_path / "big.tif", "EPSG:32633", (500000.0, 5600000.0),
+                            np.arange(24).reshape(6, 4) % 10, seed=5))  # 384 x 256 px: 11 x 7 tiles at stride 32
+    monkeypatch.setattr(region, "PART_TILES", 20)  # -> parts of 2 tile rows: 6 parts
+    options = region.RegionOptions(tmp_path / "out", MapOptions(stride=32, min_confidence=0.0),
+                                   model=str(tiny_model_dir), backend="torch", workers=2, progress=False)
+    run = region.map_region([scene], options)
+    assert run["done"] == 1 and run["failed"] == [] and run["tiles"] == 11 * 7 and run["scene_parts"] == 6
+    predictor = load_predictor(str(tiny_model_dir), backend="torch", task="scenes")
+    with open_scene(scene) as opened:
+        export.write_class_geotiff(map_scene(predictor, opened, options.map), tmp_path / "one_pass.tif")
+    with rasterio.open(tmp_path / "one_pass.tif") as a, \
+            rasterio.open(options.out / "scenes" / region.scene_id(scene) / "classes.tif") as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+        assert np.abs(a.read(2).astype(int) - b.read(2).astype(int)).max() <= 1  # percent, summed in another order
+        assert a.transform == b.transform and a.crs == b.crs
+
+
+def test_assembling_parts_checks_that_they_cover_every_tile_row_once(tiny_model_dir, tmp_path):
+    from landcover.inference.predictor import load_predictor
+    from landcover.readers.raster import open_scene
+    from landcover.scenes.mapping import MapOptions, accumulate_tiles, assemble_map
+
+    scene = write_scene(tmp_path / "s.tif", "EPSG:32633", (500000.0, 5600000.0), np.array([[1, 2], [3, 4]]), seed=3)
+    predictor = load_predictor(str(tiny_model_dir), backend="torch")
+    options = MapOptions(stride=32)
+    with open_scene(str(scene)) as opened:  # 3 tile rows
+        first = accumulate_tiles(predictor, opened, options, (0, 1))
+        with pytest.raises(ValueError, match="each of 0..3 once"):
+            assemble_map(opened, predictor.labels, options, [first])
+        with pytest.raises(ValueError, match="tile_rows must lie within"):
+            accumulate_tiles(predictor, opened, options, (2, 5))
+        parts = [first, accumulate_tiles(predictor, opened, options, (1, 3))]
+        np.testing.assert_allclose(assemble_map(opened, predictor.labels, options, parts[::-1]).probs,
+                                   assemble_map(opened, predictor.labels, options,
+                                                [accumulate_tiles(predictor, opened, options)]).probs, atol=1e-6)

@@ -95,14 +95,19 @@ class Block:
 
 
 def iter_blocks(scene: Scene, stride: int, patch: int = PATCH_SIZE_PX, block_px: int = BLOCK_PX,
-                max_masked: float = MAX_MASKED, evidence: bool = False) -> Iterator[Block]:
-    """Read the scene in blocks of whole tile rows (full width) and cut them into tiles (no copy)."""
+                max_masked: float = MAX_MASKED, evidence: bool = False,
+                tile_rows: Optional[tuple[int, int]] = None) -> Iterator[Block]:
+    """Read the scene in blocks of whole tile rows (full width) and cut them into tiles (no copy).
+
+    ``tile_rows`` ``(r0, r1)`` limits the blocks to those tile rows (default: all of them).
+    """
     rows, cols = tile_grid(scene.height, scene.width, patch, stride)
+    r0, r1 = tile_rows or (0, rows)
     k = patch // stride
     n_cells_c = cols + k - 1
     step = max(1, (block_px - patch) // stride + 1)  # tile rows per block
-    for i0 in range(0, rows, step):
-        n = min(step, rows - i0)
+    for i0 in range(r0, r1, step):
+        n = min(step, r1 - i0)
         top, height = i0 * stride, (n - 1) * stride + patch
         width = (cols - 1) * stride + patch
         rgb, code, reflectance = scene.read_block(top, 0, height, width)
@@ -250,6 +255,104 @@ class SceneMap:
         }
 
 
+EVIDENCE_LAYERS = ("water", "ndvi", "cloud")  # per-cell layers a map keeps when the scene has spectral bands
+
+
+@dataclass
+class TileSums:
+    """What mapping tile rows ``r0 .. r1 - 1`` of a scene yields, before the cells are averaged.
+
+    Sums add up exactly across parts, so one large scene can be mapped in row parts by several workers
+    (:mod:`landcover.scenes.region`) and assembled by :func:`assemble_map` into the same map as one pass.
+    """
+
+    rows: tuple[int, int]  # tile rows [r0, r1)
+    acc: np.ndarray  # float32 (C, r1 - r0 + k - 1, cell cols): sums of the probabilities of the tiles covering a cell
+    kept: np.ndarray  # bool (r1 - r0, tile cols): tiles run through the model
+    reason: np.ndarray  # uint8 (owned cell rows, cell cols): cell rows r0 .. r1 - 1 (+ the last k - 1 at the bottom)
+    layers: dict = field(default_factory=dict)  # EVIDENCE_LAYERS, same rows as ``reason`` (when the scene has them)
+
+    @property
+    def tiles(self) -> int:
+        return int(self.kept.size)
+
+
+def accumulate_tiles(predictor: "Predictor", scene: Scene, options: MapOptions,
+                     tile_rows: Optional[tuple[int, int]] = None) -> TileSums:
+    """Classify the tiles of ``tile_rows`` (default: all) and sum their probabilities per cell."""
+    from tqdm.auto import tqdm
+
+    stride, batch_size, patch = options.stride, options.batch_size, PATCH_SIZE_PX
+    rows, cols = tile_grid(scene.height, scene.width, patch, stride)
+    r0, r1 = tile_rows or (0, rows)
+    if not 0 <= r0 < r1 <= rows:
+        raise ValueError(f"tile_rows must lie within 0..{rows} and hold at least one row; got {tile_rows}.")
+    k = patch // stride  # tiles covering a cell along each axis (away from the edges)
+    own = r1 - r0 + (k - 1 if r1 == rows else 0)  # cell rows this part owns (masks, evidence)
+    acc = np.zeros((len(predictor.labels), r1 - r0 + k - 1, cols + k - 1), dtype=np.float32)
+    reason = np.zeros((r1 - r0 + k - 1, cols + k - 1), dtype=np.uint8)
+    use_evidence = options.evidence == "auto" and scene.has_evidence
+    layers = {name: np.full((own, cols + k - 1), np.nan, dtype=np.float32) for name in EVIDENCE_LAYERS} \
+        if use_evidence else {}
+    kept = np.zeros((r1 - r0, cols), dtype=bool)
+    show = options.progress if options.progress is not None else (r1 - r0) * cols > 4 * batch_size
+    bar = tqdm(total=(r1 - r0) * cols, unit="tile", desc="mapping", disable=not show, file=sys.stderr)
+    for block in iter_blocks(scene, stride, patch, max_masked=options.max_masked, evidence=use_evidence,
+                             tile_rows=(r0, r1)):
+        local = slice(block.cell_rows.start - r0, block.cell_rows.stop - r0)
+        reason[local] = block.cell_reason
+        if block.evidence is not None:
+            for name in EVIDENCE_LAYERS:
+                layers[name][local] = getattr(block.evidence, name)
+        i0, n = block.i0 - r0, block.tiles.shape[0]
+        # A tile is worth classifying when any of the k x k cells it covers is not masked.
+        free = reason[i0:i0 + n + k - 1] == 0
+        windows = np.lib.stride_tricks.sliding_window_view(free, (k, k))[:n, :cols]
+        keep = windows.any(axis=(2, 3))
+        kept[i0:i0 + n] = keep
+        ii, jj = np.nonzero(keep)
+        for s in range(0, len(ii), batch_size):
+            bi, bj = ii[s:s + batch_size], jj[s:s + batch_size]
+            probs = classify_tiles(predictor, block.tiles[bi, bj], batch_size, options.tta).T  # (C, n)
+            for di in range(k):  # (row, col) pairs are distinct within a batch, so plain += is exact
+                for dj in range(k):
+                    acc[:, i0 + bi + di, bj + dj] += probs
+        bar.update(n * cols)
+    bar.close()
+    return TileSums((r0, r1), acc, kept, reason[:own], layers)
+
+
+def assemble_map(scene: Scene, labels: list[str], options: MapOptions, parts: list[TileSums]) -> SceneMap:
+    """The :class:`SceneMap` of ``parts`` that together cover every tile row of ``scene`` once: sum, average
+    overlapping tiles per cell, fuse spectral evidence, mark uncertain cells."""
+    stride, patch = options.stride, PATCH_SIZE_PX
+    rows, cols = tile_grid(scene.height, scene.width, patch, stride)
+    parts = sorted(parts, key=lambda p: p.rows)
+    covered_rows = [r for p in parts for r in range(*p.rows)]
+    if covered_rows != list(range(rows)):
+        raise ValueError(f"The parts cover tile rows {[p.rows for p in parts]}; expected each of 0..{rows} once.")
+    k = patch // stride
+    acc = np.zeros((len(labels), rows + k - 1, cols + k - 1), dtype=np.float32)
+    for part in parts:
+        acc[:, part.rows[0]:part.rows[1] + k - 1] += part.acc
+    kept = np.concatenate([p.kept for p in parts])
+    reason = np.concatenate([p.reason for p in parts])
+    use_evidence = bool(parts[0].layers)
+    layers = {name: np.concatenate([p.layers[name] for p in parts]) for name in EVIDENCE_LAYERS} \
+        if use_evidence else {}
+    acc /= np.maximum(_covered(kept, k), 1)[None]
+    if use_evidence:
+        # Without NIR the SCL water class only adds water: a missed small river must not veto the CNN's.
+        acc = fuse(acc, labels, layers["water"], trace=WATER_TRACE if scene.has_spectral else -1.0)
+    reason[(reason == 0) & (acc.max(axis=0) < options.min_confidence)] = UNCERTAIN
+    return SceneMap(list(labels), acc, stride, patch, scene.height, scene.width, scene.grid.pixel_area_m2,
+                    scene.grid.pixel_size_source, scene.grid.crs, scene.grid.transform, scene.source,
+                    scene.radiometry.band_note, reason, scene.describe(),
+                    evidence_note(scene.spectral_names if scene.has_spectral else None, scene.scl is not None,
+                                  use_evidence), layers,
+                    options.min_confidence)
+
+
 def map_scene(predictor: "Predictor", scene: Scene, options: Optional[MapOptions] = None, **overrides
               ) -> SceneMap:
     """Classify every tile of ``scene``, average overlapping tiles per cell, and fuse spectral evidence.
@@ -265,54 +368,8 @@ def map_scene(predictor: "Predictor", scene: Scene, options: Optional[MapOptions
         scene has NIR (and SWIR) reflectance and ``options.evidence`` is ``auto``, the probabilities are the
         CNN's after :func:`landcover.scenes.evidence.fuse`.
     """
-    from tqdm.auto import tqdm
-
     options = replace(options or MapOptions(), **overrides)
-    stride, batch_size, patch = options.stride, options.batch_size, PATCH_SIZE_PX
-    rows, cols = tile_grid(scene.height, scene.width, patch, stride)
-    k = patch // stride  # tiles covering a cell along each axis (away from the edges)
-    n_labels = len(predictor.labels)
-    acc = np.zeros((n_labels, rows + k - 1, cols + k - 1), dtype=np.float32)
-    reason = np.zeros(acc.shape[1:], dtype=np.uint8)
-    use_evidence = options.evidence == "auto" and scene.has_evidence
-    layers = {name: np.full(acc.shape[1:], np.nan, dtype=np.float32) for name in ("water", "ndvi", "cloud")} \
-        if use_evidence else {}
-    kept = np.zeros((rows, cols), dtype=bool)  # tiles run through the model
-    show = options.progress if options.progress is not None else rows * cols > 4 * batch_size
-    bar = tqdm(total=rows * cols, unit="tile", desc="mapping", disable=not show, file=sys.stderr)
-    for block in iter_blocks(scene, stride, patch, max_masked=options.max_masked, evidence=use_evidence):
-        reason[block.cell_rows] = block.cell_reason
-        if block.evidence is not None:
-            layers["water"][block.cell_rows] = block.evidence.water
-            layers["ndvi"][block.cell_rows] = block.evidence.ndvi
-            layers["cloud"][block.cell_rows] = block.evidence.cloud
-        n = block.tiles.shape[0]
-        # A tile is worth classifying when any of the k x k cells it covers is not masked.
-        free = reason[block.i0:block.i0 + n + k - 1] == 0
-        windows = np.lib.stride_tricks.sliding_window_view(free, (k, k))[:n, :cols]
-        keep = windows.any(axis=(2, 3))
-        kept[block.i0:block.i0 + n] = keep
-        ii, jj = np.nonzero(keep)
-        for s in range(0, len(ii), batch_size):
-            bi, bj = ii[s:s + batch_size], jj[s:s + batch_size]
-            probs = classify_tiles(predictor, block.tiles[bi, bj], batch_size, options.tta).T  # (C, n)
-            for di in range(k):  # (row, col) pairs are distinct within a batch, so plain += is exact
-                for dj in range(k):
-                    acc[:, block.i0 + bi + di, bj + dj] += probs
-        bar.update(n * cols)
-    bar.close()
-    acc /= np.maximum(_covered(kept, k), 1)[None]
-    if use_evidence:
-        # Without NIR the SCL water class only adds water: a missed small river must not veto the CNN's.
-        acc = fuse(acc, predictor.labels, layers["water"], trace=WATER_TRACE if scene.has_spectral else -1.0)
-    reason[(reason == 0) & (acc.max(axis=0) < options.min_confidence)] = UNCERTAIN
-    info = scene.describe()
-    return SceneMap(list(predictor.labels), acc, stride, patch, scene.height, scene.width, scene.grid.pixel_area_m2,
-                    scene.grid.pixel_size_source, scene.grid.crs, scene.grid.transform, scene.source,
-                    scene.radiometry.band_note, reason, info,
-                    evidence_note(scene.spectral_names if scene.has_spectral else None, scene.scl is not None,
-                                  use_evidence), layers,
-                    options.min_confidence)
+    return assemble_map(scene, predictor.labels, options, [accumulate_tiles(predictor, scene, options)])
 
 
 def _covered(kept: np.ndarray, k: int) -> np.ndarray:

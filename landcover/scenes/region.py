@@ -2,9 +2,11 @@
 
 :func:`map_region` maps every scene (anything :func:`landcover.readers.raster.open_scene` reads) on a Ray cluster:
 a local one with ``workers`` processes by default, or an existing one by ``address``. Each worker is an actor that
-loads the model once (:class:`SceneMapper`); scenes are handed to idle workers as they finish, so at most one scene
-per worker is in flight (memory stays bounded by a few scenes), a task whose worker dies is retried on a restarted
-one, and a scene that keeps failing is reported in ``run.json`` without hiding the others.
+loads the model once (:class:`SceneMapper`); scenes are handed to idle workers as they finish, so at most one job
+per worker is in flight (memory stays bounded by a few scenes). A scene of more than ``PART_TILES`` tiles is mapped
+in tile-row parts by every worker and assembled by one (the parts' per-cell sums add up to the one-pass map), so one
+big scene also uses the whole cluster. A task whose worker dies is retried on a restarted one, and a scene that
+keeps failing is reported in ``run.json`` without hiding the others.
 
 Outputs in ``out`` (every per-scene result is written atomically as it finishes, so a rerun of the same command
 skips the scenes already done, and ``kill -9`` loses at most the scenes in flight):
@@ -30,16 +32,22 @@ import re
 import shutil
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
+from landcover.core.labels import PATCH_SIZE_PX
 from landcover.scenes.mapping import MapOptions, tile_grid
 
 NODATA = 255
 SUMMARY = "summary.json"
+# Scenes of more tiles than this are mapped in row parts by every worker: ~5 s of int8 inference on one worker
+# (767 tiles/s measured on 2 cores, docs/performance.md), long against Ray's per-task cost and the re-open of the
+# scene per part, short enough that the parts spread evenly over the workers.
+PART_TILES = 4096
 AREA_BLOCK_PX = 64  # pixel areas are computed per block of this many pixels a side (they vary slowly)
 
 
@@ -76,41 +84,74 @@ def scene_id(ref: str) -> str:
 
 
 class SceneMapper:
-    """One worker: loads the model once and maps scenes with it (run as a Ray actor by :func:`map_region`)."""
+    """One worker: loads the model once and maps scenes, or row parts of large scenes, with it (run as a Ray
+    actor by :func:`map_region`)."""
 
-    def __init__(self, model: Optional[str], backend: str, options: MapOptions, reading: dict):
+    def __init__(self, model: Optional[str], backend: str, options: MapOptions, reading: dict,
+                 part_tiles: Optional[int] = None):
         from landcover.inference.predictor import load_predictor
 
         self.predictor = load_predictor(model, backend=backend, task="scenes")
-        self.options, self.reading = replace(options, progress=False), reading
+        self.options, self.reading, self.part_tiles = replace(options, progress=False), reading, part_tiles
 
-    def map(self, ref: str, folder: str) -> dict:
-        """Map ``ref`` into ``folder`` (written atomically) and return its summary."""
+    def _open(self, ref: str):
         from landcover.readers.raster import open_scene
-        from landcover.scenes import export
+
+        scene = open_scene(ref, **self.reading)
+        if not scene.georeferenced:
+            scene.close()
+            raise ValueError(f"{ref!r} has no CRS/transform; a region mosaic needs georeferenced scenes.")
+        return scene
+
+    def start(self, ref: str, folder: str) -> dict:
+        """Map ``ref`` into ``folder`` and return its summary; a scene of more than ``part_tiles`` tiles is not
+        mapped here but planned: ``{"parts": [[r0, r1], ...]}`` (tile rows) for :meth:`part` on every worker."""
         from landcover.scenes.mapping import map_scene
 
-        start = time.perf_counter()
-        target = Path(folder)
-        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")  # in flight: named by the worker's process
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        with open_scene(ref, **self.reading) as scene:
-            if not scene.georeferenced:
-                raise ValueError(f"{ref!r} has no CRS/transform; a region mosaic needs georeferenced scenes.")
+        began = time.perf_counter()
+        with self._open(ref) as scene:
+            rows, cols = tile_grid(scene.height, scene.width, PATCH_SIZE_PX, self.options.stride)
+            if self.part_tiles and rows * cols > self.part_tiles and rows > 1:
+                step = max(1, self.part_tiles // cols)
+                return {"parts": [[r, min(r + step, rows)] for r in range(0, rows, step)]}
             result = map_scene(self.predictor, scene, self.options)
-        export.write_class_geotiff(result, tmp / "classes.tif")
-        summary = {"scene": ref, "id": target.name, "status": "done", "crs": result.crs.to_string(),
-                   "labels": result.labels, "evidence": result.evidence_note,
-                   "areas_km2": {k: round(v["km2"], 6) for k, v in result.area_table().items()},
-                   "uncertain_km2": round(int(result.uncertain.sum()) * result.cell_area_km2, 6),
-                   "tiles": int(np.prod(tile_grid(result.height, result.width, result.patch_size, result.stride))),
-                   "seconds": round(time.perf_counter() - start, 3), "mapped_at": _now()}
-        (tmp / SUMMARY).write_text(json.dumps(summary, indent=1))
-        if target.exists():  # a concurrent or earlier partial result of the same scene
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        return summary
+        return _write_scene(result, ref, Path(folder), time.perf_counter() - began)
+
+    def part(self, ref: str, rows: tuple[int, int]):
+        """The :class:`~landcover.scenes.mapping.TileSums` of tile rows ``rows`` of ``ref``."""
+        from landcover.scenes.mapping import accumulate_tiles
+
+        with self._open(ref) as scene:
+            return accumulate_tiles(self.predictor, scene, self.options, tuple(rows))
+
+    def assemble(self, ref: str, folder: str, seconds: float, *parts) -> dict:
+        """Write the map of ``ref`` from all its parts (Ray hands them over as values) and return its summary."""
+        from landcover.scenes.mapping import assemble_map
+
+        with self._open(ref) as scene:
+            result = assemble_map(scene, self.predictor.labels, self.options, list(parts))
+        return _write_scene(result, ref, Path(folder), seconds)
+
+
+def _write_scene(result, ref: str, target: Path, seconds: float) -> dict:
+    """Write a scene's class GeoTIFF and summary into ``target`` atomically; returns the summary."""
+    from landcover.scenes import export
+
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")  # in flight: named by the worker's process
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    export.write_class_geotiff(result, tmp / "classes.tif")
+    summary = {"scene": ref, "id": target.name, "status": "done", "crs": result.crs.to_string(),
+               "labels": result.labels, "evidence": result.evidence_note,
+               "areas_km2": {k: round(v["km2"], 6) for k, v in result.area_table().items()},
+               "uncertain_km2": round(int(result.uncertain.sum()) * result.cell_area_km2, 6),
+               "tiles": int(np.prod(tile_grid(result.height, result.width, result.patch_size, result.stride))),
+               "seconds": round(seconds, 3), "mapped_at": _now()}
+    (tmp / SUMMARY).write_text(json.dumps(summary, indent=1))
+    if target.exists():  # a concurrent or earlier partial result of the same scene
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return summary
 
 
 def _now() -> str:
@@ -175,7 +216,7 @@ def map_region(inputs: Sequence[str], options: RegionOptions) -> dict:
     scenes_dir.mkdir(parents=True, exist_ok=True)
     todo = [r for r in refs if not (scenes_dir / scene_id(r) / SUMMARY).is_file()]
     start = time.perf_counter()
-    failed = _run_on_ray(todo, scenes_dir, options) if todo else {}
+    failed, parts = _run_on_ray(todo, scenes_dir, options) if todo else ({}, 0)
     seconds = time.perf_counter() - start
     for stale in scenes_dir.glob("*.tmp-*"):  # scenes whose worker died (retried elsewhere) or that failed
         shutil.rmtree(stale, ignore_errors=True)
@@ -186,7 +227,7 @@ def map_region(inputs: Sequence[str], options: RegionOptions) -> dict:
               "address": options.address, "scenes": len(refs), "done": len(summaries),
               "mapped": len([r for r in todo if r in summaries]), "skipped": len(refs) - len(todo),
               "failed": [{"scene": r, "error": e} for r, e in failed.items()],
-              "mapping_seconds": round(seconds, 2), "tiles": new_tiles,
+              "mapping_seconds": round(seconds, 2), "tiles": new_tiles, "scene_parts": parts,
               "tiles_per_s": round(new_tiles / seconds, 1) if new_tiles and seconds > 0 else None}
     if summaries:
         record.update(build_outputs(refs, summaries, failed, options))
@@ -194,10 +235,10 @@ def map_region(inputs: Sequence[str], options: RegionOptions) -> dict:
     return record
 
 
-def _run_on_ray(refs: list[str], scenes_dir: Path, options: RegionOptions) -> dict[str, str]:
-    """Map ``refs`` on Ray; returns ``{ref: error}`` of the scenes that failed every try."""
+def _run_on_ray(refs: list[str], scenes_dir: Path, options: RegionOptions) -> tuple[dict[str, str], int]:
+    """Map ``refs`` on Ray; returns ``{ref: error}`` of the scenes that failed every try, and the number of row
+    parts that large scenes were mapped in."""
     import ray
-    from tqdm.auto import tqdm
 
     started_here = not ray.is_initialized()
     if started_here:
@@ -209,29 +250,98 @@ def _run_on_ray(refs: list[str], scenes_dir: Path, options: RegionOptions) -> di
         else:
             ray.init(num_cpus=options.workers, include_dashboard=False, runtime_env=env, log_to_driver=False)
     try:
-        actor = ray.remote(num_cpus=1, max_restarts=options.retries, max_task_retries=options.retries)(SceneMapper)
-        n = min(len(refs), options.workers if not options.address else int(ray.cluster_resources().get("CPU", 1)))
-        idle = [actor.remote(options.model, options.backend, options.map, options.reading) for _ in range(max(1, n))]
-        queue, pending, failed, tiles = list(refs), {}, {}, 0
-        bar = tqdm(total=len(refs), unit="scene", desc="region", disable=not options.progress, file=sys.stderr)
-        while queue or pending:
-            while queue and idle:  # one scene in flight per worker: memory stays bounded
-                worker, ref = idle.pop(), queue.pop(0)
-                pending[worker.map.remote(ref, str(scenes_dir / scene_id(ref)))] = (ref, worker)
-            (ready,), _ = ray.wait(list(pending), num_returns=1)
-            ref, worker = pending.pop(ready)
-            try:
-                tiles += ray.get(ready)["tiles"]
-            except Exception as err:  # noqa: BLE001 - a failed scene is reported, the others go on
-                failed[ref] = _error_text(err)
-            idle.append(worker)
-            bar.set_postfix(tiles=tiles, failed=len(failed), refresh=False)
-            bar.update(1)
-        bar.close()
-        return failed
+        size = options.workers if not options.address else int(ray.cluster_resources().get("CPU", 1))
+        schedule = _Schedule(refs, scenes_dir, options, size)
+        return schedule.run(), schedule.part_count
     finally:
         if started_here:
             ray.shutdown()
+
+
+class _Schedule:
+    """Jobs to idle workers, one job per worker at a time (memory stays bounded): a scene (``start``), the row
+    parts of a large scene (``part``, queued first so that every worker helps with it) and their ``assemble``."""
+
+    def __init__(self, refs: list[str], scenes_dir: Path, options: RegionOptions, size: int):
+        import ray
+        from tqdm.auto import tqdm
+
+        self.scenes_dir, self.options, self.size = scenes_dir, options, max(1, size)
+        part_tiles = PART_TILES if self.size > 1 else None  # one worker gains nothing from parts
+        self.actor = ray.remote(num_cpus=1, max_restarts=options.retries,
+                                max_task_retries=options.retries)(SceneMapper)
+        self.args = (options.model, options.backend, options.map, options.reading, part_tiles)
+        # Workers start with one per scene (a small job stays cheap) and grow when a scene is split.
+        self.idle = [self.actor.remote(*self.args) for _ in range(min(len(refs), self.size))]
+        self.started = len(self.idle)
+        self.jobs = deque(("start", ref) for ref in refs)
+        self.pending: dict = {}
+        self.parts: dict[str, dict] = {}  # split scenes: their part results and when they began
+        self.failed: dict[str, str] = {}
+        self.tiles = self.part_count = 0
+        self.bar = tqdm(total=len(refs), unit="scene", desc="region", disable=not options.progress, file=sys.stderr)
+
+    def folder(self, ref: str) -> str:
+        return str(self.scenes_dir / scene_id(ref))
+
+    def submit(self, worker, job: tuple):
+        kind, ref = job[0], job[1]
+        if kind == "start":
+            return worker.start.remote(ref, self.folder(ref))
+        if kind == "part":
+            return worker.part.remote(ref, job[2])
+        split = self.parts[ref]
+        return worker.assemble.remote(ref, self.folder(ref), time.perf_counter() - split["began"], *split["done"])
+
+    def run(self) -> dict[str, str]:
+        import ray
+
+        while self.jobs or self.pending:
+            while self.jobs and self.idle:
+                worker, job = self.idle.pop(), self.jobs.popleft()
+                self.pending[self.submit(worker, job)] = (job, worker)
+            (ready,), _ = ray.wait(list(self.pending), num_returns=1)
+            job, worker = self.pending.pop(ready)
+            self.idle.append(worker)
+            if job[1] in self.failed:  # a part of a scene that already failed
+                continue
+            try:
+                value = ray.get(ready)
+            except Exception as err:  # noqa: BLE001 - a failed scene is reported, the others go on
+                self.fail(job[1], _error_text(err))
+                continue
+            self.done(job, ready, value)
+            self.bar.set_postfix(tiles=self.tiles, failed=len(self.failed), refresh=False)
+        self.bar.close()
+        return self.failed
+
+    def done(self, job: tuple, ready, value) -> None:
+        kind, ref = job[0], job[1]
+        if kind == "start" and "parts" in value:
+            self.parts[ref] = {"began": time.perf_counter(), "done": [], "left": len(value["parts"])}
+            self.jobs.extendleft(reversed([("part", ref, rows) for rows in value["parts"]]))
+            self.part_count += len(value["parts"])
+            while self.started < self.size:  # a split scene can keep every worker busy
+                self.idle.append(self.actor.remote(*self.args))
+                self.started += 1
+        elif kind == "part":
+            split = self.parts[ref]
+            split["done"].append(ready)  # handed to assemble as a reference: the sums stay in Ray's store
+            split["left"] -= 1
+            self.tiles += value.tiles
+            if not split["left"]:
+                self.jobs.appendleft(("assemble", ref))
+        else:
+            if kind == "start":
+                self.tiles += value["tiles"]
+            self.parts.pop(ref, None)
+            self.bar.update(1)
+
+    def fail(self, ref: str, error: str) -> None:
+        self.failed[ref] = error
+        self.parts.pop(ref, None)
+        self.jobs = deque(j for j in self.jobs if j[1] != ref)
+        self.bar.update(1)
 
 
 def _error_text(err: Exception) -> str:
