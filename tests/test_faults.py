@@ -161,6 +161,7 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted_run(dirty_data, refer
     assert not different, f"resumed model differs from the uninterrupted one in {different[:5]}"
     ref_m, got_m = (json.loads((d / "metrics.json").read_text()) for d in (ref_out, out))
     assert got_m["test"]["accuracy"] == ref_m["test"]["accuracy"]
+    assert "--resume" not in got_m["command"]  # the recipe, not how its sessions were scheduled
     assert got_m["test"]["confusion_matrix"] == ref_m["test"]["confusion_matrix"]
     deterministic = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
     assert [{k: e[k] for k in deterministic} for e in got_m["history"]] == \

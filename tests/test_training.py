@@ -77,8 +77,10 @@ def test_resume_reproduces_an_uninterrupted_run(parquet_folder, tmp_path):
     stopped = train(first)
     assert [h["epoch"] for h in stopped.history] == [1]
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["epoch_0001"]
+    session_1 = json.loads((tmp_path / "b" / "checkpoints" / "epoch_0001" / "trainer_state.json").read_text())
     b = train(dataclasses.replace(first, max_steps=None, resume=True))
     assert b.history[0]["train_seconds"] == stopped.history[0]["train_seconds"]  # epoch 1 came from the checkpoint
+    assert 0 < session_1["wall_time_s"] < b.wall_time_s  # the run's time counts both sessions
 
     folder_a, folder_b = save_model_folder(a, command="a"), save_model_folder(b, command="b")
     weights_a, weights_b = load_file(str(folder_a / "model.safetensors")), load_file(str(folder_b / "model.safetensors"))

@@ -164,4 +164,5 @@ def write_examples(examples: dict[str, tuple[str, torch.Tensor]], folder: Path, 
 
 
 def _command_line() -> str:
-    return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
+    # --resume continues the same run bit-exactly across sessions: how it was scheduled, not part of the recipe.
+    return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]] if a != "--resume")

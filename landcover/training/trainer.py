@@ -403,7 +403,11 @@ def train(cfg: TrainConfig) -> Optional[TrainResult]:
     start_epoch, step, history, best = 0, 0, [], {"val_acc": -1.0, "epoch": -1}
     best_state: Optional[dict] = None
     if cfg.resume:
-        start_epoch, step, history, best, best_state = _resume(accelerator, cfg)
+        resumed, best_state = _resume(accelerator, cfg)
+        start_epoch, step, history, best = resumed["epoch"], resumed["step"], resumed["history"], resumed["best"]
+        # The wall time of the earlier sessions of this run counts: the model card reports the whole run's time.
+        # (Checkpoints written before it was recorded: the sum of their epochs' training time.)
+        run_start -= resumed.get("wall_time_s", sum(h.get("train_seconds", 0.0) for h in history))
         scheduler.step_update(step)
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     ema = make_ema(unwrapped, cfg)
@@ -432,7 +436,8 @@ def train(cfg: TrainConfig) -> Optional[TrainResult]:
             if accuracy > best["val_acc"]:
                 best = {"val_acc": accuracy, "epoch": epoch + 1, "weights": weights}
                 best_state = _cpu_state(module)
-        state = {"epoch": epoch + 1, "step": step, "history": history, "best": best, "config": asdict(cfg)}
+        state = {"epoch": epoch + 1, "step": step, "history": history, "best": best, "config": asdict(cfg),
+                 "wall_time_s": round(time.perf_counter() - run_start, 1)}
         save_checkpoint(accelerator, cfg, state, best_state, ema)
         _log_epoch(accelerator, entry, cfg)
         if cfg.report_to:
@@ -493,7 +498,7 @@ def _resume(accelerator, cfg: TrainConfig):
     best_state = load_file(str(best_path)) if best_path.is_file() else None
     if accelerator.is_main_process:
         logger.info("Resumed from %s (epoch %d, step %d)", checkpoint, state["epoch"], state["step"])
-    return state["epoch"], state["step"], state["history"], state["best"], best_state
+    return state, best_state
 
 
 def collect_view_logits(accelerator, model, loader, prep: dict, memory_format, desc: str, views: bool = True
