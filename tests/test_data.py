@@ -60,7 +60,8 @@ def test_model_folder_records_the_split_file_lists(eurosat_folder, tiny_model_di
     assert config["output_dir"] == Path(config["output_dir"]).name
     for name in ("metrics.json", "train_config.json", "splits.json", "README.md"):
         assert str(eurosat_folder) not in (tiny_model_dir / name).read_text(), name
-    assert "EUROSAT_DIR: a local EuroSAT RGB folder" in (tiny_model_dir / "README.md").read_text()
+    card = (tiny_model_dir / "README.md").read_text()
+    assert "the official EuroSAT.zip release" in card and "named EUROSAT_DIR in the command" in card
 
 
 def test_model_records_replace_this_machines_prefixes():

@@ -213,7 +213,7 @@ def card_fields(folder: Path, cfg, metrics: dict, label_names: list[str]) -> dic
         "best_epoch": str(metrics["best_epoch"]),
         "best_weights": "EMA" if metrics.get("best_weights") == "ema" else "raw (not EMA)",
         "validation_accuracy": f"{metrics['validation']['accuracy']:.4f}",
-        "dataset": _dataset_text(str(metrics["dataset"])),
+        "dataset": _dataset_text(str(metrics["dataset"]), label_names),
         "split_sizes": str(metrics["split_sizes"]),
         "parameters": f"{metrics['parameters']:,}",
         "weights": f"{metrics['weights_bytes'] / 1e6:.2f} MB ({'float16' if cfg.save_fp16 else 'float32'} "
@@ -259,7 +259,11 @@ def write_model_card(folder: Path, cfg, metrics: dict, label_names: list[str]) -
     build_model_card(folder, cfg, metrics, label_names).save(folder / "README.md")
 
 
-def _dataset_text(dataset: str) -> str:
+def _dataset_text(dataset: str, label_names: list[str]) -> str:
     if dataset == LOCAL_DATA:
-        return f"{LOCAL_DATA}: a local EuroSAT RGB folder (<Class>/<Class>_<N>.jpg); file lists per split in splits.json"
+        lists = f"named {LOCAL_DATA} in the command; the files of each split are listed in splits.json"
+        if list(label_names) == list(EUROSAT_CLASSES):
+            return (f"EuroSAT RGB (Helber et al., IEEE JSTARS 2019), the official EuroSAT.zip release unpacked "
+                    f"(<Class>/<Class>_<N>.jpg), {lists}")
+        return f"a local image folder (<Class>/<file>), {lists}"
     return portable(dataset)
