@@ -1,4 +1,5 @@
-"""Command lines: ``train.py`` and ``python -m landcover {evaluate,predict,push,export-onnx,map,change}``."""
+"""Command lines: ``train.py`` and ``python -m landcover {evaluate,predict,push,export-onnx,map,change,map-region,
+score}``."""
 
 from __future__ import annotations
 
@@ -280,6 +281,35 @@ def add_scene_commands(sub) -> None:
                          f"{DEFAULT_MIN_CONFIDENCE:g}).")
     _add_scene_options(rg, model_help, outputs=False)
     rg.set_defaults(func=_map_region_command)
+
+    from landcover.scenes.reference import CROSSWALKS, DEFAULT_PURITY
+
+    sc = sub.add_parser("score", help="Score a class GeoTIFF against a land-cover reference.",
+                        description="Rasterize a reference (vector polygons or a class raster, any CRS) on the "
+                                    "map's grid, collapse both onto Forest / Grass-crop / Urban / Water, and score "
+                                    "every cell that is at least --purity one reference class; masked and "
+                                    "uncertain cells count as misses.")
+    sc.add_argument("map", help="Class GeoTIFF written by `landcover map --geotiff`.")
+    sc.add_argument("--reference", required=True,
+                    help="Vector file (GeoPackage, GeoJSON, Shapefile) or class raster (GeoTIFF, e.g. ESA WorldCover).")
+    sc.add_argument("--crosswalk", default="osm", choices=sorted(CROSSWALKS),
+                    help="How reference values map onto the four classes (default osm: OpenStreetMap fclass).")
+    sc.add_argument("--field", default="fclass", help="Vector field holding the class (default fclass).")
+    sc.add_argument("--purity", type=float, default=DEFAULT_PURITY,
+                    help=f"Share of a cell that must be one reference class to be scored (default {DEFAULT_PURITY}).")
+    sc.add_argument("--json", action="store_true", help="Print the figures as JSON.")
+    sc.set_defaults(func=_score_command)
+
+
+def _score_command(args) -> int:
+    from landcover.scenes.reference import format_score, score_class_geotiff
+
+    score = score_class_geotiff(args.map, args.reference, args.crosswalk, args.field, args.purity)
+    print(json.dumps(score.to_json()) if args.json else format_score(score))
+    if not score.cells:
+        print("warning: no cell was scored: does the reference overlap the map, with classes the crosswalk knows?",
+              file=sys.stderr)
+    return 0
 
 
 def _map_region_command(args) -> int:

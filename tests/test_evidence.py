@@ -199,6 +199,38 @@ def test_reference_polygons_are_rasterized_collapsed_and_scored(tmp_path):
         reference.rasterize_reference(ref, grid, reference.OSM_CROSSWALK, field_name="landuse")
 
 
+def test_cli_score_scores_a_class_geotiff_against_reference_polygons(tmp_path):
+    """`landcover score MAP.tif --reference REF`: the cells of a `map --geotiff` raster, scored like the harness
+    (the map of the test above, its uncertain cell a miss)."""
+    from rasterio.crs import CRS
+
+    ref = _write_geojson(tmp_path / "ref.geojson", [
+        (_box(0, 0, 32, 32), "forest"), (_box(32, 0, 64, 16), "water"), (_box(32, 16, 64, 32), "wetland"),
+        (_box(0, 32, 20, 64), "farm"), (_box(20, 32, 64, 64), "residential")])
+    as_label = [EUROSAT_CLASSES.index(c) for c in ("Forest", "Pasture", "Residential", "SeaLake")]
+    mapped = np.array([[0, 1, 3, -1], [0, 0, 2, 2], [1, 2, 2, 0], [1, 2, 2, 2]])
+    probs = np.zeros((len(EUROSAT_CLASSES), 4, 4), dtype=np.float32)
+    for (i, j), m in np.ndenumerate(mapped):
+        probs[as_label[max(m, 0)], i, j] = 0.2 if m < 0 else 0.9
+    reason = np.where(mapped < 0, mapping.UNCERTAIN, 0).astype(np.uint8)
+    scene_map = mapping.SceneMap(list(EUROSAT_CLASSES), probs, 16, P, 64, 64, 100.0, "test", CRS.from_epsg(32633),
+                                 TEN_M, reason=reason, min_confidence=0.3)
+    export.write_class_geotiff(scene_map, tmp_path / "classes.tif")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "landcover", "score", str(tmp_path / "classes.tif"), "--reference",
+                        str(ref), "--json"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    figures = json.loads(r.stdout)
+    assert figures["cells"] == 14 and figures["agreement"] == round(11 / 14, 4)
+    assert figures["coverage"] == round(13 / 14, 4) and figures["recall"]["Water"] == 0.5
+    r = subprocess.run([sys.executable, "-m", "landcover", "score", str(tmp_path / "classes.tif"), "--reference",
+                        str(ref)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert r.returncode == 0 and "agreement 0.786, balanced accuracy 0.771" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-m", "landcover", "score", str(ref), "--reference", str(ref)],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+
+
 def test_reference_class_raster_is_warped_onto_the_scene_grid(tmp_path):
     import rasterio
 

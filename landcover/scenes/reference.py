@@ -16,6 +16,7 @@ Crosswalks (reference value -> reference class; anything else is unscored):
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -182,3 +183,45 @@ def score_cells(mapped: np.ndarray, truth: np.ndarray) -> Score:
     confusion = np.zeros((len(REFERENCE_CLASSES), len(REFERENCE_CLASSES) + 1), dtype=np.int64)
     np.add.at(confusion, (t, m), 1)
     return Score(confusion, left_out=int(confusion[:, -1].sum()))
+
+
+def score_class_geotiff(path: str | Path, reference: str | Path, crosswalk: str = "osm", field_name: str = "fclass",
+                        purity: float = DEFAULT_PURITY) -> Score:
+    """Score a class GeoTIFF written by ``landcover map --geotiff`` (or a scene of ``map-region``) against
+    ``reference`` (see :func:`rasterize_reference`), cell by cell as the module docstring says."""
+    import rasterio
+    import rasterio.errors
+
+    if crosswalk not in CROSSWALKS:
+        raise ValueError(f"Unknown crosswalk {crosswalk!r}; expected one of {sorted(CROSSWALKS)}.")
+    try:
+        ds = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as err:
+        raise ValueError(f"{path} cannot be read as a raster ({err}); expected the class GeoTIFF of "
+                         f"`landcover map --geotiff`.") from None
+    with ds:
+        tags = ds.tags()
+        if "classes" not in tags or "stride_px" not in tags:
+            raise ValueError(f"{path} has no 'classes' / 'stride_px' tags: expected the class GeoTIFF of "
+                             f"`landcover map --geotiff` (its first band, one value per cell).")
+        labels, stride = json.loads(tags["classes"]), int(tags["stride_px"])
+        codes = ds.read(1)
+        grid = GridSpec(ds.height, ds.width, ds.crs, ds.transform)
+    rows, cols = grid.height // stride, grid.width // stride
+    cells = codes[:rows * stride:stride, :cols * stride:stride].astype(np.int64)  # a cell's pixels share its code
+    classified = cells < len(labels)  # 2xx masked or uncertain, 255 no data
+    mapped = np.where(classified, map_to_reference(labels)[np.where(classified, cells, 0)], -1)
+    truth = reference_cells(rasterize_reference(reference, grid, CROSSWALKS[crosswalk], field_name), stride, rows,
+                            cols, purity)
+    return score_cells(mapped, truth)
+
+
+def format_score(score: Score) -> str:
+    """Agreement, balanced accuracy, coverage, recall per class and the confusion matrix, as text."""
+    recall = " / ".join("-" if v is None else f"{v:.2f}" for v in score.recall.values())
+    lines = [f"cells scored {score.cells}: agreement {score.agreement:.3f}, balanced accuracy {score.balanced:.3f}, "
+             f"coverage {score.coverage:.3f}",
+             f"recall {' / '.join(score.classes)}: {recall}",
+             "reference / map ".ljust(16) + "".join(f"{c[:10]:>11s}" for c in [*score.classes, "none"])]
+    lines += [f"{cls:16s}" + "".join(f"{v:11d}" for v in row) for cls, row in zip(score.classes, score.confusion)]
+    return "\n".join(lines)
