@@ -12,6 +12,7 @@ It prints tiles/s of each, the ratios to sequential, and the Ray overhead per sc
 ones. Not a test: run it on an idle machine (check ``uptime``).
 
     python bench/region_throughput.py --scenes 8 --size 1024 --stride 32 --workers 1 2
+    python bench/region_throughput.py --scenes 1 --size 4096 --stride 32 --workers 1 2   # one scene, in row parts
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
                                    progress=False)
             (out / "scenes").mkdir(parents=True)
             start = time.perf_counter()
-            failed = _run_on_ray(refs, out / "scenes", region)
+            failed, parts = _run_on_ray(refs, out / "scenes", region)
             ray_times[workers] = time.perf_counter() - start
             mosaic_start = time.perf_counter()
             import json
@@ -93,7 +94,8 @@ def main(argv=None) -> int:
             mosaic = time.perf_counter() - mosaic_start
             print(f"  ray x{workers:<2d} (end to end)          {ray_times[workers]:8.2f} s  "
                   f"{tiles / ray_times[workers]:8.1f} tiles/s  {sequential / ray_times[workers]:.2f}x"
-                  f"   (mosaic and areas after it: {mosaic:.2f} s; failed {len(failed)})")
+                  f"   (mosaic and areas after it: {mosaic:.2f} s; failed {len(failed)}; large scenes in {parts} "
+                  f"row parts)")
         if 1 in ray_times:
             print(f"  Ray overhead per scene (x1 vs sequential): {(ray_times[1] - sequential) / len(refs):.2f} s")
     finally:
