@@ -276,6 +276,8 @@ def add_scene_commands(sub) -> None:
     rg.add_argument("--address", default=None, help="Join an existing Ray cluster (e.g. auto, ray://host:10001).")
     rg.add_argument("--crs", default=None, help="CRS of the mosaic, e.g. EPSG:3035 (default: the first scene's).")
     rg.add_argument("--retries", type=int, default=2, help="Re-runs of a scene whose worker died (default 2).")
+    rg.add_argument("--threads", type=positive_int, default=None,
+                    help="Threads per worker (default: the cores shared out among local workers; 1 on a cluster).")
     rg.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE,
                     help=f"Cells below this top-1 probability are uncertain (255 in the mosaic; default "
                          f"{DEFAULT_MIN_CONFIDENCE:g}).")
@@ -328,7 +330,7 @@ def _map_region_command(args) -> int:
                    pixel_size_m=args.pixel_size, resample=args.resample)
     options = RegionOptions(Path(args.out), _map_options(args), model=args.model, backend=args.backend,
                             workers=args.workers, address=args.address, crs=args.crs, retries=args.retries,
-                            reading=reading, progress=not args.no_progress)
+                            threads=args.threads, reading=reading, progress=not args.no_progress)
     run = map_region(inputs, options)
     if args.json:
         print(json.dumps(run))

@@ -63,6 +63,10 @@ class RegionOptions:
     address: Optional[str] = None  # an existing Ray cluster ("auto", "ray://host:10001", ...)
     crs: Optional[str] = None  # the mosaic's CRS (default: the first scene's)
     retries: int = 2  # restarts of a dead worker, and re-runs of its task, before a scene counts as failed
+    # Threads per worker (ONNX Runtime and torch). Default: locally the machine's cores shared out among the workers
+    # (two workers that each used every core ran one large scene slower than one worker did); on a cluster 1, one
+    # worker per Ray CPU.
+    threads: Optional[int] = None
     reading: dict = field(default_factory=dict)  # open_scene options: bands, given, pixel_size_m, resample
     progress: bool = True
 
@@ -70,6 +74,14 @@ class RegionOptions:
         self.out = Path(self.out)
         if self.workers < 1:
             raise ValueError(f"--workers must be at least 1, got {self.workers}.")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {self.threads}.")
+
+    @property
+    def worker_threads(self) -> int:
+        if self.threads:
+            return self.threads
+        return 1 if self.address else max(1, (os.cpu_count() or 1) // self.workers)
 
 
 def _safe_name(text: str) -> str:
@@ -88,10 +100,14 @@ class SceneMapper:
     actor by :func:`map_region`)."""
 
     def __init__(self, model: Optional[str], backend: str, options: MapOptions, reading: dict,
-                 part_tiles: Optional[int] = None):
+                 part_tiles: Optional[int] = None, threads: Optional[int] = None):
+        import torch
+
         from landcover.inference.predictor import load_predictor
 
-        self.predictor = load_predictor(model, backend=backend, task="scenes")
+        if threads:
+            torch.set_num_threads(threads)  # this process is the worker: its threads are its share of the cores
+        self.predictor = load_predictor(model, backend=backend, task="scenes", threads=threads)
         self.options, self.reading, self.part_tiles = replace(options, progress=False), reading, part_tiles
 
     def _open(self, ref: str):
@@ -248,9 +264,11 @@ def _run_on_ray(refs: list[str], scenes_dir: Path, options: RegionOptions) -> tu
         if options.address:
             ray.init(address=options.address, runtime_env=env, log_to_driver=False)
         else:
-            ray.init(num_cpus=options.workers, include_dashboard=False, runtime_env=env, log_to_driver=False)
+            ray.init(num_cpus=options.workers * options.worker_threads, include_dashboard=False, runtime_env=env,
+                     log_to_driver=False)
     try:
-        size = options.workers if not options.address else int(ray.cluster_resources().get("CPU", 1))
+        size = options.workers if not options.address else \
+            int(ray.cluster_resources().get("CPU", 1)) // options.worker_threads
         schedule = _Schedule(refs, scenes_dir, options, size)
         return schedule.run(), schedule.part_count
     finally:
@@ -268,9 +286,10 @@ class _Schedule:
 
         self.scenes_dir, self.options, self.size = scenes_dir, options, max(1, size)
         part_tiles = PART_TILES if self.size > 1 else None  # one worker gains nothing from parts
-        self.actor = ray.remote(num_cpus=1, max_restarts=options.retries,
+        threads = options.worker_threads
+        self.actor = ray.remote(num_cpus=threads, max_restarts=options.retries,
                                 max_task_retries=options.retries)(SceneMapper)
-        self.args = (options.model, options.backend, options.map, options.reading, part_tiles)
+        self.args = (options.model, options.backend, options.map, options.reading, part_tiles, threads)
         # Workers start with one per scene (a small job stays cheap) and grow when a scene is split.
         self.idle = [self.actor.remote(*self.args) for _ in range(min(len(refs), self.size))]
         self.started = len(self.idle)
