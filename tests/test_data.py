@@ -338,6 +338,11 @@ def test_clean_view_shares_the_geometry_and_skips_the_radiometry():
                                           InputSpec(16, (0.5,) * 3, (0.5,) * 3))[1]
     torch.testing.assert_close(other_stats * 0.5 + 0.5, same * torch.tensor(STD).view(1, 3, 1, 1)
                                + torch.tensor(MEAN).view(1, 3, 1, 1), rtol=0, atol=1e-5)
+    # A teacher of another input size: the same crop and symmetry, resized to its size.
+    small, large = augment_with_clean_view(images, images, InputSpec(16, MEAN, STD), make_generator(9), ViewSpec(),
+                                           InputSpec(24, MEAN, STD))
+    assert small.shape[-1] == 16 and large.shape[-1] == 24
+    assert torch.equal(large, augment(images, InputSpec(24, MEAN, STD), make_generator(9), ViewSpec()))
     with pytest.raises(ValueError, match="must match"):
         augment_with_clean_view(images, images[:8], InputSpec(16, MEAN, STD), make_generator(9))
 

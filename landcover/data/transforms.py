@@ -395,7 +395,8 @@ def augment_with_clean_view(images: torch.Tensor, clean: torch.Tensor, target: I
     ``clean`` is the batch before its JPEG re-compression (or ``images`` itself). Both views share the
     symmetry, crop and jitter; only the second skips the radiometry, so a teacher that sees it predicts what
     the image *is*, whatever colours the student is shown (consistency distillation). ``clean_target``
-    normalises the clean view for a teacher with other statistics (default: ``target``).
+    sizes and normalises the clean view for a teacher with another input size or other statistics (default:
+    ``target``).
     """
     if clean.shape != images.shape:
         raise ValueError(f"The clean batch must match the augmented one; got {tuple(clean.shape)} and "
@@ -405,8 +406,8 @@ def augment_with_clean_view(images: torch.Tensor, clean: torch.Tensor, target: I
     student = colour_normalise(crop_resize_d4(images, target.size, params), target.mean, target.std, params.jitter,
                                target.memory_format, params.radiometry)
     clean_target = clean_target or target
-    teacher = colour_normalise(crop_resize_d4(clean, target.size, params), clean_target.mean, clean_target.std,
-                               params.jitter, target.memory_format)
+    teacher = colour_normalise(crop_resize_d4(clean, clean_target.size, params), clean_target.mean,
+                               clean_target.std, params.jitter, target.memory_format)
     return student, teacher
 
 

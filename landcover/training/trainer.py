@@ -80,13 +80,11 @@ def load_teacher(cfg: TrainConfig, class_names: list[str], device, memory_format
     ref = cfg.teacher if ":" in cfg.teacher.split("/")[0] else f"local-dir:{cfg.teacher}"
     teacher = create_model(ref, num_classes=len(class_names), pretrained=True)
     names = teacher.pretrained_cfg.get("label_names")
-    size = data_config(teacher)["input_size"][-1]
     if names is not None and list(names) != list(class_names):
         raise ValueError(f"The teacher {cfg.teacher} predicts {list(names)}; this run's classes are "
                          f"{class_names}. Use a teacher trained on the same classes.")
-    if size != cfg.image_size:
-        raise ValueError(f"The teacher {cfg.teacher} takes {size} px inputs; this run trains at {cfg.image_size} "
-                         f"px. Pass --image-size {size} or a teacher of that size.")
+    # The teacher may take another input size than the student (a 128 px teacher for a 64 px student): it sees
+    # the same crop resized to its own size (landcover.data.transforms.augment_with_clean_view).
     teacher.requires_grad_(False)
     return teacher.to(device, memory_format=memory_format).eval()
 
@@ -343,7 +341,8 @@ def _training_loss(fit: Fit, images, labels, gen) -> tuple[torch.Tensor, torch.T
         return logits, criterion(logits.float(), labels)
     teacher_cfg = data_config(teacher)
     x, x_clean = augment_with_clean_view(images, clean, spec, gen, view_spec(cfg),
-                                         InputSpec(prep["size"], teacher_cfg["mean"], teacher_cfg["std"]))
+                                         InputSpec(int(teacher_cfg["input_size"][-1]), teacher_cfg["mean"],
+                                                   teacher_cfg["std"]))
     with torch.inference_mode():
         target = teacher(x_clean).float()
     logits = model(x)
