@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from landcover.scenes.reference import (CROSSWALKS, DEFAULT_PURITY, REFERENCE_CLASSES, GridSpec,  # noqa: E402
+from landcover.scenes.reference import (CROSSWALKS, DEFAULT_PURITY, GridSpec, format_score,  # noqa: E402
                                         map_to_reference, rasterize_reference, reference_cells, score_cells)
 
 SETTINGS = ("rgb", "bands")
@@ -61,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def run_one(predictor, scene_path: str, truth_raster, setting: str, args) -> tuple[dict, object]:
+def run_one(predictor, scene_path: str, truth_raster, setting: str, args) -> tuple[dict, object, object]:
     from landcover.readers.raster import open_scene
     from landcover.scenes.mapping import MapOptions, map_scene
 
@@ -78,18 +79,12 @@ def run_one(predictor, scene_path: str, truth_raster, setting: str, args) -> tup
     truth = reference_cells(truth_raster, result.stride, rows, cols, args.purity)
     mapped = np.where(result.classified, map_to_reference(result.labels)[result.grid], -1)
     score = score_cells(mapped, truth)
-    return {**score.to_json(), "evidence": result.evidence_note, "seconds": round(seconds, 1)}, truth_raster
+    return {**score.to_json(), "evidence": result.evidence_note, "seconds": round(seconds, 1)}, truth_raster, score
 
 
-def print_block(name: str, figures: dict) -> None:
-    recall = " / ".join("-" if v is None else f"{v:.2f}" for v in figures["recall"].values())
-    print(f"  {name:40s} agreement {figures['agreement']:.3f}  balanced {figures['balanced']:.3f}  "
-          f"coverage {figures['coverage']:.3f}  recall F/G/U/W {recall}  ({figures['seconds']} s)")
-    print(f"    evidence: {figures['evidence']}")
-    header = "".join(f"{c[:10]:>11s}" for c in [*REFERENCE_CLASSES, "none"])
-    print(f"    {'reference/map':16s}{header}")
-    for cls, row in zip(REFERENCE_CLASSES, figures["confusion"]["counts"]):
-        print(f"    {cls:16s}" + "".join(f"{v:11d}" for v in row))
+def print_block(name: str, figures: dict, score) -> None:
+    print(f"  {name}  ({figures['seconds']} s; evidence: {figures['evidence']})")
+    print(textwrap.indent(format_score(score), "    "))
 
 
 def main(argv=None) -> int:
@@ -103,10 +98,10 @@ def main(argv=None) -> int:
         for ref in args.models:
             predictor = load_predictor(None if ref == "default" else ref, backend=args.backend, task="scenes")
             for setting in args.settings:
-                figures, truth_raster = run_one(predictor, scene_path, truth_raster, setting, args)
+                figures, truth_raster, score = run_one(predictor, scene_path, truth_raster, setting, args)
                 if figures["cells"] == 0:
                     print("  no reference cell is scored: does the reference overlap the scene?")
-                print_block(f"{ref} / {setting}", figures)
+                print_block(f"{ref} / {setting}", figures, score)
                 results.setdefault(scene_path, {})[f"{ref}/{setting}"] = figures
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
