@@ -332,9 +332,12 @@ def assemble_map(scene: Scene, labels: list[str], options: MapOptions, parts: li
     if covered_rows != list(range(rows)):
         raise ValueError(f"The parts cover tile rows {[p.rows for p in parts]}; expected each of 0..{rows} once.")
     k = patch // stride
-    acc = np.zeros((len(labels), rows + k - 1, cols + k - 1), dtype=np.float32)
-    for part in parts:
-        acc[:, part.rows[0]:part.rows[1] + k - 1] += part.acc
+    if len(parts) == 1:  # one pass: its sums are the whole grid already
+        acc = parts[0].acc
+    else:
+        acc = np.zeros((len(labels), rows + k - 1, cols + k - 1), dtype=np.float32)
+        for part in parts:
+            acc[:, part.rows[0]:part.rows[1] + k - 1] += part.acc
     kept = np.concatenate([p.kept for p in parts])
     reason = np.concatenate([p.reason for p in parts])
     use_evidence = bool(parts[0].layers)
