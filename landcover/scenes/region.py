@@ -63,9 +63,10 @@ class RegionOptions:
     address: Optional[str] = None  # an existing Ray cluster ("auto", "ray://host:10001", ...)
     crs: Optional[str] = None  # the mosaic's CRS (default: the first scene's)
     retries: int = 2  # restarts of a dead worker, and re-runs of its task, before a scene counts as failed
-    # Threads per worker (ONNX Runtime and torch). Default: locally the machine's cores shared out among the workers
-    # (two workers that each used every core ran one large scene slower than one worker did); on a cluster 1, one
-    # worker per Ray CPU.
+    # Threads per worker (ONNX Runtime and torch). Default: locally the machine's cores shared out among the workers,
+    # so that workers never oversubscribe the cores (on 2 cores it measured alike: a large scene in parts on two
+    # workers took 26 s with two threads each and 28-30 s with one, against 21-25 s on one worker); on a cluster 1,
+    # one worker per CPU as Ray accounts for them.
     threads: Optional[int] = None
     reading: dict = field(default_factory=dict)  # open_scene options: bands, given, pixel_size_m, resample
     progress: bool = True
