@@ -131,8 +131,9 @@ class SceneMapper:
             if self.part_tiles and rows * cols > self.part_tiles and rows > 1:
                 step = max(1, self.part_tiles // cols)
                 return {"parts": [[r, min(r + step, rows)] for r in range(0, rows, step)]}
+            tmp = _in_flight(Path(folder))
             result = map_scene(self.predictor, scene, self.options)
-        return _write_scene(result, ref, Path(folder), time.perf_counter() - began)
+        return _write_scene(result, ref, tmp, Path(folder), time.perf_counter() - began)
 
     def part(self, ref: str, rows: tuple[int, int]):
         """The :class:`~landcover.scenes.mapping.TileSums` of tile rows ``rows`` of ``ref``."""
@@ -145,18 +146,25 @@ class SceneMapper:
         """Write the map of ``ref`` from all its parts (Ray hands them over as values) and return its summary."""
         from landcover.scenes.mapping import assemble_map
 
+        tmp = _in_flight(Path(folder))
         with self._open(ref) as scene:
             result = assemble_map(scene, self.predictor.labels, self.options, list(parts))
-        return _write_scene(result, ref, Path(folder), seconds)
+        return _write_scene(result, ref, tmp, Path(folder), seconds)
 
 
-def _write_scene(result, ref: str, target: Path, seconds: float) -> dict:
-    """Write a scene's class GeoTIFF and summary into ``target`` atomically; returns the summary."""
-    from landcover.scenes import export
-
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")  # in flight: named by the worker's process
+def _in_flight(target: Path) -> Path:
+    """The empty folder a scene's result is written into while it is in flight, named by the worker's process."""
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    return tmp
+
+
+def _write_scene(result, ref: str, tmp: Path, target: Path, seconds: float) -> dict:
+    """Write a scene's class GeoTIFF and summary into ``tmp`` (from :func:`_in_flight`), then rename it to
+    ``target`` in one step; returns the summary."""
+    from landcover.scenes import export
+
     export.write_class_geotiff(result, tmp / "classes.tif")
     summary = {"scene": ref, "id": target.name, "status": "done", "crs": result.crs.to_string(),
                "labels": result.labels, "evidence": result.evidence_note,
