@@ -85,7 +85,8 @@ class TrainConfig:
     teacher: Optional[str] = _flag(None, "Consistency distillation: a model folder (or local-dir:/hf-hub: "
                                    "reference) whose predictions on each training view *without* the "
                                    "radiometric and JPEG change are soft targets for the student's prediction "
-                                   "on the changed view. Same input size as --image-size.")
+                                   "on the changed view. It may take another input size: it sees the same "
+                                   "crop at its own size.")
     distill_weight: float = _flag(0.7, "With --teacher: loss = (1 - w) x cross-entropy + w x T^2 x KL(teacher || "
                                   "student) at temperature T.")
     distill_temperature: float = _flag(2.0, "With --teacher: the softmax temperature T of both distributions.")
