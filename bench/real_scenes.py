@@ -17,7 +17,10 @@ Settings (what a user gets with the matching ``landcover map`` flags):
   the CNN's probabilities.
 
 Prints, per scene, one block per model x setting: agreement, balanced accuracy (mean per-class recall), per-class
-recall, coverage and the confusion matrix; ``--json FILE`` writes all of it. Not a test: it reads real data.
+recall, coverage and the confusion matrix; then each further model against the first, per setting: the differences
+in agreement and balanced accuracy with 95 % intervals from a bootstrap over blocks of cells (one tile's footprint;
+``landcover.scenes.reference.paired_difference``) and the cells right in one map only. ``--json FILE`` writes all
+of it. Not a test: it reads real data.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from landcover.scenes.reference import (CROSSWALKS, DEFAULT_PURITY, GridSpec, format_score,  # noqa: E402
-                                        map_to_reference, rasterize_reference, reference_cells, score_cells)
+                                        map_to_reference, paired_difference, rasterize_reference, reference_cells,
+                                        score_cells)
 
 SETTINGS = ("rgb", "bands")
 
@@ -62,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def run_one(predictor, scene_path: str, truth_raster, setting: str, args) -> tuple[dict, object, object]:
+def run_one(predictor, scene_path: str, truth_raster, setting: str, args) -> tuple[dict, object, object, tuple]:
     from landcover.readers.raster import open_scene
     from landcover.scenes.mapping import MapOptions, map_scene
 
@@ -79,12 +83,26 @@ def run_one(predictor, scene_path: str, truth_raster, setting: str, args) -> tup
     truth = reference_cells(truth_raster, result.stride, rows, cols, args.purity)
     mapped = np.where(result.classified, map_to_reference(result.labels)[result.grid], -1)
     score = score_cells(mapped, truth)
-    return {**score.to_json(), "evidence": result.evidence_note, "seconds": round(seconds, 1)}, truth_raster, score
+    figures = {**score.to_json(), "evidence": result.evidence_note, "seconds": round(seconds, 1)}
+    return figures, truth_raster, score, (mapped, truth)
 
 
 def print_block(name: str, figures: dict, score) -> None:
     print(f"  {name}  ({figures['seconds']} s; evidence: {figures['evidence']})")
     print(textwrap.indent(format_score(score), "    "))
+
+
+def print_differences(args, cells: dict, results: dict) -> None:
+    """Each model against the first, setting by setting: paired differences with block-bootstrap intervals."""
+    first = args.models[0]
+    for ref in args.models[1:]:
+        for setting in args.settings:
+            (a, truth), (b, _) = cells[first, setting], cells[ref, setting]
+            diff = paired_difference(a, b, truth, block=max(1, 64 // args.stride))
+            print(f"  {setting}: {diff.describe(first, ref)}")
+            results[f"{ref}/{setting} - {first}/{setting}"] = {
+                "agreement": diff.agreement, "balanced": diff.balanced, "only_first": diff.only_a,
+                "only_this": diff.only_b}
 
 
 def main(argv=None) -> int:
@@ -94,15 +112,17 @@ def main(argv=None) -> int:
     results: dict = {}
     for scene_path in args.scene:
         print(f"scene {scene_path}")
-        truth_raster = None
+        truth_raster, cells = None, {}
         for ref in args.models:
             predictor = load_predictor(None if ref == "default" else ref, backend=args.backend, task="scenes")
             for setting in args.settings:
-                figures, truth_raster, score = run_one(predictor, scene_path, truth_raster, setting, args)
+                figures, truth_raster, score, cells[ref, setting] = run_one(predictor, scene_path, truth_raster,
+                                                                            setting, args)
                 if figures["cells"] == 0:
                     print("  no reference cell is scored: does the reference overlap the scene?")
                 print_block(f"{ref} / {setting}", figures, score)
                 results.setdefault(scene_path, {})[f"{ref}/{setting}"] = figures
+        print_differences(args, cells, results.setdefault(scene_path, {}))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

@@ -370,3 +370,27 @@ def test_scl_water_class_is_water_evidence_even_without_nir(predictor, tmp_path)
     assert result.reason[0, 2] != 0 and rgb_only.reason[0, 2] != 0  # cloud: masked either way
     assert "SCL water class" in result.evidence_note and "SCL water" not in rgb_only.evidence_note
     assert np.isnan(result.evidence["ndvi"]).all()  # no NIR: no vegetation index
+
+
+def test_paired_difference_counts_the_cells_each_map_gets_right_and_bounds_the_difference():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(-1, 4, (40, 40))
+    a = np.where(rng.random(truth.shape) < 0.6, truth, (truth + 1) % 4)  # A right on ~60 % of the cells
+    same = reference.paired_difference(a, a, truth)
+    assert same.agreement == (0.0, 0.0, 0.0) and same.balanced == (0.0, 0.0, 0.0)
+    assert (same.only_a, same.only_b, same.blocks) == (0, 0, 100)  # 4 x 4 cells per block
+    b = a.copy()
+    fixed = (truth >= 0) & (a != truth) & (rng.random(truth.shape) < 0.5)
+    b[fixed] = truth[fixed]
+    b[:2][(truth[:2] >= 0) & (a[:2] == truth[:2])] = -1  # B leaves a few cells A had right unclassified
+    diff = reference.paired_difference(a, b, truth)
+    lost = int(((truth[:2] >= 0) & (a[:2] == truth[:2])).sum())
+    assert (diff.only_a, diff.only_b) == (lost, int(fixed.sum()))
+    scored = int((truth >= 0).sum())
+    assert diff.agreement[0] == pytest.approx((fixed.sum() - lost) / scored)
+    assert 0 < diff.agreement[1] < diff.agreement[0] < diff.agreement[2]
+    whole_a, whole_b = reference.score_cells(a, truth), reference.score_cells(b, truth)
+    assert diff.balanced[0] == pytest.approx(whole_b.balanced - whole_a.balanced)
+    assert "B - A: agreement +" in diff.describe()
+    with pytest.raises(ValueError, match="one grid"):
+        reference.paired_difference(a, b[:-1], truth)
