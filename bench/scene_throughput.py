@@ -86,7 +86,7 @@ def map_once(predictor, path: Path, stride: int, batch_size: int) -> tuple[float
     """(wall s, cpu s, tiles): open + decode + tile + classify + grid, as the map command."""
     t0, c0 = time.perf_counter(), time.process_time()
     with raster.open_scene(path) as scene:
-        result = mapping.map_scene(predictor, scene, stride, batch_size=batch_size, progress=False, tta=False)
+        result = mapping.map_scene(predictor, scene, stride=stride, batch_size=batch_size, progress=False, tta=False)
     return time.perf_counter() - t0, time.process_time() - c0, int(result.classified.size)
 
 

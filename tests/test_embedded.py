@@ -120,6 +120,9 @@ def test_default_model_card_has_no_machine_paths():
         text = (folder / name).read_text()
         for marker in ("/work/", "/tmp/", "/home/", "/root/", "site-packages/efficientnet"):
             assert marker not in text.replace("<site-packages>/efficientnet", ""), (name, marker)
+    card, cfg = (folder / "README.md").read_text(), json.loads((folder / "train_config.json").read_text())
+    if not cfg.get("radiometric"):  # the augmentation row says what was done, not "changes on 0%"
+        assert "no radiometric changes" in card and "radiometric changes on" not in card
     for graph in (folder / "onnx").glob("*.onnx"):  # exporter stack traces would name the exporting machine
         data = graph.read_bytes()
         assert b"/work/" not in data and b"site-packages/" not in data and b'File "' not in data, graph.name

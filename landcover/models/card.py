@@ -179,6 +179,14 @@ def _experiments(metrics: dict) -> str:
     return "\n".join(f"- {n}" for n in notes) if notes else "- This run only (see the validation record above)."
 
 
+def _radiometric_text(cfg) -> str:
+    share = getattr(cfg, "radiometric", 0.0)
+    if not share:
+        return "no radiometric changes, "
+    return (f"radiometric changes on {share:.0%} of the images (gamma, haze, per-band gain "
+            f"+-{getattr(cfg, 'band_gain', 0.15):.0%} and offset, hue/saturation), ")
+
+
 def _distillation_text(cfg) -> str:
     if not getattr(cfg, "teacher", None):
         return ""
@@ -224,9 +232,7 @@ def card_fields(folder: Path, cfg, metrics: dict, label_names: list[str]) -> dic
         "seed": str(cfg.seed),
         "provenance": provenance(cfg),
         "augmentation": (f"D4 flips/rotations, random crops (area >= {cfg.crop_scale}), colour jitter {cfg.jitter}, "
-                         f"radiometric changes on {getattr(cfg, 'radiometric', 0.0):.0%} of the images (gamma, haze, "
-                         f"per-band gain +-{getattr(cfg, 'band_gain', 0.15):.0%} and offset, hue/saturation), "
-                         f"JPEG re-compression (quality 60-95) of "
+                         + _radiometric_text(cfg) + "JPEG re-compression (quality 60-95) of "
                          f"{getattr(cfg, 'jpeg', 0.0):.0%}" + _distillation_text(cfg)),
         "selection_rows": _selection_rows(metrics),
         "history_rows": _history_rows(metrics),
