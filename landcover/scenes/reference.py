@@ -133,7 +133,7 @@ class Score:
 
     @property
     def agreement(self) -> float:
-        return float(np.trace(self.confusion[:, :4]) / max(self.cells, 1))
+        return float(_metrics(self.confusion)[0])
 
     @property
     def recall(self) -> dict[str, Optional[float]]:
@@ -143,8 +143,7 @@ class Score:
     @property
     def balanced(self) -> float:
         """Mean recall over the reference classes present."""
-        present = [r for r in self.recall.values() if r is not None]
-        return float(np.mean(present)) if present else 0.0
+        return float(_metrics(self.confusion)[1])
 
     @property
     def coverage(self) -> float:
@@ -203,7 +202,8 @@ class PairedDifference:
 
 
 def _metrics(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Agreement and balanced accuracy of a stack of confusion matrices ``(..., 4, 5)``."""
+    """Agreement and balanced accuracy (mean recall over the classes present) of one confusion matrix ``(4, 5)`` or
+    a stack ``(..., 4, 5)``: the one definition :class:`Score` and :func:`paired_difference` share."""
     n = len(REFERENCE_CLASSES)
     cells = confusion.sum(axis=(-2, -1))
     diag = np.trace(confusion[..., :n], axis1=-2, axis2=-1)
