@@ -212,7 +212,8 @@ def _add_scene_options(p: argparse.ArgumentParser, model_help: str, outputs: boo
                         f"or d4). Maps use one pass by default.")
     p.add_argument("--evidence", default="auto", choices=("auto", "rgb"),
                    help="auto (default): where the scene has NIR (and SWIR) bands, water is decided per cell by "
-                        "the water indices NDWI/MNDWI and fused with the CNN; rgb: the CNN on RGB alone.")
+                        "the water indices NDWI/MNDWI and leaf-off forest by NDVI and SWIR2 (B12), fused with "
+                        "the CNN; rgb: the CNN on RGB alone.")
     p.add_argument("--json", action="store_true", help="Print one JSON object on stdout.")
     p.add_argument("--no-progress", action="store_true", help="No progress bar.")
 

@@ -52,9 +52,9 @@ def write_stack(path: Path, bands: np.ndarray, descriptions=("B02", "B03", "B04"
 
 def test_spectral_bands_are_found_in_stacks_folders_and_stac_items(tmp_path):
     assert choose_spectral_bands(4, ["B02", "B03", "B04", "B08"]) == {"nir": 4}
-    assert choose_spectral_bands(6, ["B2", "B3", "B4", "B8", "B11", "B12"]) == {"nir": 4, "swir16": 5}
-    for count, expected in ((4, {"nir": 4}), (10, {"nir": 7, "swir16": 9}), (12, {"nir": 8, "swir16": 11}),
-                            (13, {"nir": 8, "swir16": 12})):
+    assert choose_spectral_bands(6, ["B2", "B3", "B4", "B8", "B11", "B12"]) == {"nir": 4, "swir16": 5, "swir22": 6}
+    for count, expected in ((4, {"nir": 4}), (10, {"nir": 7, "swir16": 9, "swir22": 10}),
+                            (12, {"nir": 8, "swir16": 11, "swir22": 12}), (13, {"nir": 8, "swir16": 12, "swir22": 13})):
         _, note = choose_rgb_bands(count)
         assert choose_spectral_bands(count, [None] * count, note) == expected
     assert choose_spectral_bands(5, [None] * 5, "bands given") == {}  # no known order: no guess
@@ -66,16 +66,18 @@ def test_spectral_bands_are_found_in_stacks_folders_and_stac_items(tmp_path):
     stack = spectral_stack(np.array([[FOREST, SEALAKE]]), np.array([[3000, 50]]))
     for name, band in zip(("B02", "B03", "B04", "B08"), stack):
         write_stack(folder / f"T33UUU_20170216T102101_{name}.tif", band[None], None)
-    with rasterio.open(folder / "T33UUU_20170216T102101_B11.tif", "w", driver="GTiff", height=32, width=64,
-                       count=1, dtype="uint16", crs="EPSG:32633", transform=TEN_M * Affine.scale(2)) as dst:
-        dst.write(np.full((1, 32, 64), 2000, dtype=np.uint16))
+    for name, value in (("B11", 2000), ("B12", 900)):
+        with rasterio.open(folder / f"T33UUU_20170216T102101_{name}.tif", "w", driver="GTiff", height=32, width=64,
+                           count=1, dtype="uint16", crs="EPSG:32633", transform=TEN_M * Affine.scale(2)) as dst:
+            dst.write(np.full((1, 32, 64), value, dtype=np.uint16))
     with raster.open_scene(folder) as scene:
-        assert scene.spectral_names == ("nir", "swir16") and scene.has_spectral
+        assert scene.spectral_names == ("nir", "swir16", "swir22") and scene.has_spectral
         rgb, code, reflectance = scene.read_block(0, 0, 64, 128)
-        assert reflectance["swir16"].shape == (64, 128)
+        assert reflectance["swir16"].shape == reflectance["swir22"].shape == (64, 128)
         np.testing.assert_allclose(reflectance["swir16"], 0.2, atol=1e-6)
+        np.testing.assert_allclose(reflectance["swir22"], 0.09, atol=1e-6)
         np.testing.assert_allclose(reflectance["nir"][:, :64], 0.3, atol=1e-6)
-        assert "spectral bands read: nir, swir16" in scene.describe()["notes"]
+        assert "spectral bands read: nir, swir16, swir22" in scene.describe()["notes"]
     # A STAC item names its assets; a missing remote band is left out, with a note, not an error.
     item = {"type": "Feature", "properties": {}, "assets": {
         **{k: {"href": f"T33UUU_20170216T102101_{b}.tif"} for k, b in
@@ -121,6 +123,63 @@ def test_fuse_forces_water_by_majority_and_removes_it_from_dry_cells():
     sure_water[SEALAKE] = 1.0
     np.testing.assert_allclose(evidence.fuse(sure_water, labels, np.array([[0.0]]))[:, 0, 0],
                                [0 if i in (SEALAKE, RIVER) else 1 / 8 for i in range(10)], atol=1e-7)
+
+
+def test_fuse_raises_forest_to_its_pixel_share_on_land_cells_only():
+    labels = list(EUROSAT_CLASSES)
+    herb, crop = (EUROSAT_CLASSES.index(c) for c in ("HerbaceousVegetation", "AnnualCrop"))
+    probs = np.zeros((10, 1, 5), dtype=np.float32)
+    probs[herb], probs[crop], probs[FOREST], probs[RIVER] = 0.6, 0.3, 0.01, 0.09
+    water = np.array([[0.0, 0.0, 0.0, 0.3, 0.9]], dtype=np.float32)
+    forest = np.array([[0.6, 0.005, np.nan, 0.8, 0.8]], dtype=np.float32)
+    fused = evidence.fuse(probs, labels, water, forest=forest)
+    np.testing.assert_allclose(fused.sum(axis=0), 1.0, atol=1e-6)
+    # Land cell, 60 % leaf-off forest pixels: Forest 0.6; the rest keeps the CNN's land proportions (2 : 1).
+    assert fused[FOREST, 0, 0] == pytest.approx(0.6)
+    assert fused[herb, 0, 0] == pytest.approx(0.4 * 2 / 3) and fused[crop, 0, 0] == pytest.approx(0.4 / 3)
+    # A share below the CNN's own Forest probability changes nothing but the water rule; no evidence neither.
+    np.testing.assert_allclose(fused[:, 0, 1], evidence.fuse(probs, labels, water)[:, 0, 1])
+    np.testing.assert_allclose(fused[:, 0, 2], evidence.fuse(probs, labels, water)[:, 0, 2])
+    # Mixed cells (woods on a shore): Forest too, the CNN's water probability scaled with the rest; water cells: no.
+    assert fused[FOREST, 0, 3] == pytest.approx(0.8)
+    assert fused[RIVER, 0, 3] == pytest.approx(0.09 * 0.2 / 0.99) and fused[herb, 0, 3] == pytest.approx(0.6 * 0.2 / 0.99)
+    assert fused[FOREST, 0, 4] == 0
+    # Pixels: vegetated, not in full leaf, dark at 2.2 um and not water.
+    red = np.array([0.05, 0.05, 0.05, 0.05, 0.05, 0.02])
+    nir = np.array([0.10, 0.10, 0.25, 0.10, 0.055, 0.01])
+    refl = {"red": red, "nir": nir, "green": np.full(6, 0.05), "swir16": np.full(6, 0.15),
+            "swir22": np.array([0.05, 0.15, 0.05, 0.089, 0.05, 0.02])}
+    np.testing.assert_array_equal(evidence.forest_pixels(refl), [True, False, False, True, False, False])
+
+
+def test_leaf_off_forest_that_rgb_calls_vegetation_is_mapped_forest_when_swir2_says_so(predictor, tmp_path):
+    """Three tiles the CNN calls HerbaceousVegetation: dark at 2.2 um with leaf-off NDVI (1/3) -> Forest; bright
+    at 2.2 um (a field) -> unchanged; dark at 2.2 um but in full leaf (NDVI 2/3, the growing season) -> unchanged.
+    A stack without B12 maps as the CNN does."""
+    herb = EUROSAT_CLASSES.index("HerbaceousVegetation")
+    rng = np.random.default_rng(0)
+    rgb = np.concatenate([class_patch(herb, rng) for _ in range(3)], axis=1).astype(np.float64) / 255 * WHITE + 100
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    nir = red * np.kron([[2.0, 2.0, 5.0]], np.ones((P, P)))  # NDVI (k - 1) / (k + 1): 1/3, 1/3, 2/3
+    swir16 = np.full(red.shape, 4000.0)  # above every green: no pixel is water
+    swir22 = np.kron([[500.0, 2000.0, 500.0]], np.ones((P, P)))
+    stack = np.stack([blue, green, red, nir, swir16, swir22]).round().astype(np.uint16)
+    names = np.array(EUROSAT_CLASSES)
+    path = write_stack(tmp_path / "winter.tif", stack, ("B02", "B03", "B04", "B08", "B11", "B12"))
+    with raster.open_scene(path) as scene:
+        rgb_map = mapping.map_scene(predictor, scene, evidence="rgb")
+        fused = mapping.map_scene(predictor, scene)
+    assert list(names[rgb_map.grid[0]]) == ["HerbaceousVegetation"] * 3
+    assert list(names[fused.grid[0]]) == ["Forest", "HerbaceousVegetation", "HerbaceousVegetation"]
+    np.testing.assert_allclose(fused.evidence["forest"][0], [1.0, 0.0, 0.0])
+    assert fused.confidence[0, 0] == pytest.approx(1.0)
+    np.testing.assert_allclose(fused.probs[:, 0, 1:], rgb_map.probs[:, 0, 1:], atol=1e-6)
+    assert "leaf-off forest from NDVI and SWIR2" in fused.to_json()["evidence"]
+    no_b12 = write_stack(tmp_path / "no_b12.tif", stack[:5], ("B02", "B03", "B04", "B08", "B11"))
+    with raster.open_scene(no_b12) as scene:
+        without = mapping.map_scene(predictor, scene)
+    assert list(names[without.grid[0]]) == ["HerbaceousVegetation"] * 3
+    assert "forest" not in without.to_json()["evidence"] and np.isnan(without.evidence["forest"]).all()
 
 
 def test_water_that_rgb_calls_forest_is_mapped_water_when_nir_says_so(predictor, tmp_path):

@@ -191,18 +191,19 @@ _DEFAULT_ORDERS = {
 }
 
 
-# 1-based NIR (B08) and SWIR (B11) of the stacks of _DEFAULT_ORDERS, for spectral evidence.
-_DEFAULT_SPECTRAL = {4: {"nir": 4}, 10: {"nir": 7, "swir16": 9}, 12: {"nir": 8, "swir16": 11},
-                     13: {"nir": 8, "swir16": 12}}
-_SPECTRAL_KEYS = {"nir": ("8",), "swir16": ("11",)}
+# 1-based NIR (B08) and SWIR (B11, B12) of the stacks of _DEFAULT_ORDERS, for spectral evidence.
+_DEFAULT_SPECTRAL = {4: {"nir": 4}, 10: {"nir": 7, "swir16": 9, "swir22": 10},
+                     12: {"nir": 8, "swir16": 11, "swir22": 12}, 13: {"nir": 8, "swir16": 12, "swir22": 13}}
+_SPECTRAL_KEYS = {"nir": ("8",), "swir16": ("11",), "swir22": ("12",)}
 
 
 def choose_spectral_bands(count: int, descriptions: Sequence[Optional[str]] = (), rgb_note: str = ""
                           ) -> dict[str, int]:
-    """1-based NIR (``nir``, B08) and SWIR (``swir16``, B11) band numbers of a stack, where they can be told.
+    """1-based NIR (``nir``, B08) and SWIR (``swir16`` B11, ``swir22`` B12) band numbers of a stack, where they
+    can be told.
 
-    From band descriptions naming B08 / B11 (or ``nir`` / ``swir16``), else from the stack orders the RGB
-    choice assumed (``rgb_note`` names one of ``_DEFAULT_ORDERS``); empty when neither applies.
+    From band descriptions naming B08 / B11 / B12 (or ``nir`` / ``swir16`` / ``swir22``), else from the stack
+    orders the RGB choice assumed (``rgb_note`` names one of ``_DEFAULT_ORDERS``); empty when neither applies.
     """
     found: dict[str, int] = {}
     for number, desc in enumerate(descriptions or (), start=1):

@@ -51,10 +51,10 @@ for _cls, _reason in SCL_TO_REASON.items():
     _SCL_LUT[_cls] = _reason
 _STAC_COLOURS = {"red": ("red", "B04", "b04", "B4"), "green": ("green", "B03", "b03", "B3"),
                  "blue": ("blue", "B02", "b02", "B2"), "nir": ("nir", "B08", "b08", "B8", "nir08", "B8A"),
-                 "swir16": ("swir16", "B11", "b11")}
+                 "swir16": ("swir16", "B11", "b11"), "swir22": ("swir22", "B12", "b12")}
 # Bands read besides R, G, B when the scene has them, for per-pixel spectral evidence (NIR B08: water and
-# vegetation indices; SWIR B11: the modified water index). Names are STAC common names.
-SPECTRAL_BANDS = ("nir", "swir16")
+# vegetation indices; SWIR B11: the modified water index; SWIR2 B12: leaf-off forest). STAC common names.
+SPECTRAL_BANDS = ("nir", "swir16", "swir22")
 
 
 # ---------------------------------------------------------------- the target grid
@@ -266,8 +266,8 @@ class Scene:
     def read_block(self, row: int, col: int, height: int, width: int
                    ) -> tuple[np.ndarray, np.ndarray, Optional[dict[str, np.ndarray]]]:
         """:meth:`read`, plus the scene's evidence bands (None when it has none): float32 reflectance per band name
-        (``blue green red nir [swir16]``) when the scene :attr:`has_spectral`, read from the same raw values, and
-        the Sentinel-2 scene classes as ``scl`` (uint8) when it has an SCL layer."""
+        (``blue green red nir [swir16] [swir22]``) when the scene :attr:`has_spectral`, read from the same raw
+        values, and the Sentinel-2 scene classes as ``scl`` (uint8) when it has an SCL layer."""
         raw = self.bands.read(row, col, height, width)
         reflectance = None
         if self.has_spectral:
@@ -619,7 +619,8 @@ def _open_band_files(files: BandFiles, source: str, given, pixel_size_m, resampl
 
 _BAND_FILE = {c: re.compile(rf"(?<![A-Za-z0-9]){p}(?![0-9A-Za-z])", re.I)
               for c, p in (("red", "B0?4"), ("green", "B0?3"), ("blue", "B0?2"), ("scl", "SCL"),
-                           ("nir", "B0?8"), ("nir08", "B8A"), ("swir16", "B11"))}
+                           ("nir", "B0?8"), ("nir08", "B8A"), ("swir16", "B11"),
+                           ("swir22", "B12"))}
 _RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
 
 

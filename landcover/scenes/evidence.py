@@ -12,6 +12,13 @@ and open water is the one class that physics separates cleanly:
   pixels too (either source suffices). Where the product has no NIR band, SCL only adds water (the "land" rule
   below is not applied: Sen2Cor misses some small or turbid water, and its silence must not veto the CNN).
 * **Vegetation** (per cell, reported): the mean NDVI = (NIR - R) / (NIR + R).
+* **Leaf-off forest** (per pixel, needs NIR and SWIR2 B12): vegetated but not in full leaf
+  (``FOREST_NDVI_MIN`` <= NDVI < ``FOREST_NDVI_MAX``), not water, and dark at 2.2 um (B12 below
+  ``FOREST_SWIR22_MAX``). Tree canopies shade themselves and hold water, so in the dormant season they stay dark
+  in SWIR2 while bare or stubble fields, dry grass and roofs are bright there; and at 2.2 um haze and low sun
+  barely change top-of-atmosphere reflectance, unlike the visible bands, where a hazy winter forest no longer
+  looks like EuroSAT's dark summer forests. The NDVI ceiling keeps the test silent in the growing season (green
+  crops are dark in SWIR2 too), where the CNN sees forests as it was trained to.
 * **Cloud and haze** (per pixel, for products without an SCL layer): bright and white. The mean visible
   reflectance (B02, B03, B04) is above ``CLOUD_BRIGHTNESS`` and the visible spectrum is flat: Fmask's whiteness
   sum(|band - mean|) / mean below ``CLOUD_WHITENESS`` (Zhu & Woodcock 2012), and not vegetation (NDVI below
@@ -24,6 +31,11 @@ Fusion (:func:`fuse`), per cell of ``stride`` px, with ``w`` the share of its va
   in its own proportions (SeaLake where it gives them no weight at all);
 * ``w <= WATER_TRACE``: the cell is land; water classes get no probability and the rest is renormalised;
 * in between (shores, river banks, mixed cells): the CNN's probabilities as they are.
+
+and then, on every cell that is not water (``w < WATER_MAJORITY``), with ``f`` the share of leaf-off forest pixels:
+Forest gets at least probability ``f`` (the other classes keep their proportions of the rest), so a cell more than
+half such pixels is Forest, with the share of its forest pixels as its confidence. Mixed cells count too: woods on
+a shore, and dark winter conifers, some of whose pixels pass the water test.
 
 The probabilities stay the CNN's calibrated ones where the evidence is silent.
 """
@@ -46,6 +58,17 @@ CLOUD_BRIGHTNESS = 0.18
 CLOUD_WHITENESS = 0.7
 CLOUD_MAX_NDVI = 0.8
 CLOUD_MAJORITY = 0.5  # a cell at least half cloud pixels is flagged
+# Leaf-off forest test, set on the development scene (Brandenburg L1C, February; stride-16 cells scored against
+# OSM, bench/real_scenes.py): B12 < 0.09 maps 42 of its 81 forest cells Forest at the cost of 3 of 584 field cells
+# (0.08: 36 and 1; 0.10: 53, but 21 field and 3 village cells). Its left half alone chose 0.09, its right half 0.10
+# (both with NDVI >= 0.10); each choice is within 0.025 balanced accuracy of the other's on the other's half.
+# NDVI >= 0.15 keeps out bare soil, snow and shaded roofs (0.10: 6 forest cells more, but 6 field cells and a
+# village cell fewer). NDVI < 0.5 is vegetation not in full leaf (dense green canopies and crops are above ~0.6): the
+# test is off in the growing season. This gate is physical reasoning, not measured: no growing-season scene with a
+# reference is at hand (on the development scene every forest cell is below it, so it changes nothing there).
+FOREST_SWIR22_MAX = 0.09
+FOREST_NDVI_MIN = 0.15
+FOREST_NDVI_MAX = 0.5
 _TINY = 1e-30  # probability mass treated as none (a float32 softmax underflows to 0 for very sure models)
 
 
@@ -56,6 +79,7 @@ class CellEvidence:
     water: np.ndarray  # float32 (rows, cols): share of water pixels
     ndvi: np.ndarray  # float32 (rows, cols): mean NDVI
     cloud: np.ndarray  # float32 (rows, cols): share of bright, white pixels (cloud or haze)
+    forest: np.ndarray  # float32 (rows, cols): share of leaf-off forest pixels (NaN without NIR and SWIR2)
 
 
 SCL_WATER = 6  # Sentinel-2 L2A scene classification: water
@@ -81,6 +105,13 @@ def cloud_pixels(reflectance: dict[str, np.ndarray]) -> np.ndarray:
     return (visible > CLOUD_BRIGHTNESS) & (spread < CLOUD_WHITENESS * visible) & (ndvi(reflectance) < CLOUD_MAX_NDVI)
 
 
+def forest_pixels(reflectance: dict[str, np.ndarray]) -> np.ndarray:
+    """bool ``(H, W)``: leaf-off forest, vegetated and dark in SWIR2 (see the module docstring)."""
+    index = ndvi(reflectance)
+    vegetated = (index >= FOREST_NDVI_MIN) & (index < FOREST_NDVI_MAX)
+    return vegetated & (reflectance["swir22"] < FOREST_SWIR22_MAX) & ~water_pixels(reflectance)
+
+
 def ndvi(reflectance: dict[str, np.ndarray]) -> np.ndarray:
     red, nir = reflectance["red"], reflectance["nir"]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -101,18 +132,42 @@ def cell_evidence(reflectance: dict[str, np.ndarray], valid: np.ndarray, stride:
         water = cells(water_pixels(reflectance) & valid) / n
         veg = cells(np.where(valid, ndvi(reflectance), 0.0)) / n if spectral else nan
         cloud = cells(cloud_pixels(reflectance) & valid) / n if spectral else nan
-    return CellEvidence(water.astype(np.float32), veg.astype(np.float32), cloud.astype(np.float32))
+        forest = cells(forest_pixels(reflectance) & valid) / n if spectral and "swir22" in reflectance else nan
+    return CellEvidence(*(a.astype(np.float32) for a in (water, veg, cloud, forest)))
 
 
 def fuse(probs: np.ndarray, labels: Sequence[str], water: np.ndarray,
-         majority: float = WATER_MAJORITY, trace: float = WATER_TRACE) -> np.ndarray:
-    """Class probabilities ``(C, rows, cols)`` after the water rule of the module docstring (a new array).
+         majority: float = WATER_MAJORITY, trace: float = WATER_TRACE, forest: Optional[np.ndarray] = None
+         ) -> np.ndarray:
+    """Class probabilities ``(C, rows, cols)`` after the water and forest rules of the module docstring (a new
+    array).
 
-    ``water`` is the per-cell share of water pixels (NaN: no evidence, probabilities kept).
+    ``water`` is the per-cell share of water pixels, ``forest`` the share of leaf-off forest pixels (NaN or None:
+    no evidence, probabilities kept).
     """
+    out = _fuse_water(probs, labels, water, majority, trace)
+    if forest is None or "Forest" not in labels:
+        return out
+    wet = np.nan_to_num(water, nan=0.0) >= majority
+    return _raise_class(out, list(labels).index("Forest"), np.where(wet, 0.0, np.nan_to_num(forest, nan=0.0)))
+
+
+def _raise_class(probs: np.ndarray, index: int, floor: np.ndarray) -> np.ndarray:
+    """``probs`` with class ``index`` at least ``floor`` per cell, the other classes scaled to fill the rest."""
+    old = probs[index]
+    new = np.maximum(old, floor.astype(np.float32))
+    rest = 1.0 - old
+    scale = np.where(rest > _TINY, (1.0 - new) / np.maximum(rest, _TINY), 0.0)
+    out = probs * scale[None]
+    out[index] = new
+    return out.astype(np.float32)
+
+
+def _fuse_water(probs: np.ndarray, labels: Sequence[str], water: np.ndarray, majority: float, trace: float
+                ) -> np.ndarray:
     is_water = np.array([name in WATER_CLASSES for name in labels])
     if not is_water.any() or is_water.all():
-        return probs.copy()
+        return probs.astype(np.float32, copy=True)
     out = probs.astype(np.float32, copy=True)
     wet = np.nan_to_num(water, nan=-1.0) >= majority
     dry = np.nan_to_num(water, nan=2.0) <= trace
@@ -142,7 +197,9 @@ def evidence_note(names: Optional[Sequence[str]], scl: bool, used: bool = True) 
     parts = ["CNN on RGB"]
     if used and names:
         index = "NDWI and MNDWI" if "swir16" in names else "NDWI"
-        parts.append(f"water from {index} (bands {', '.join(['green', *names])})")
+        parts.append(f"water from {index} (bands {', '.join(['green', *(n for n in names if n != 'swir22')])})")
+        if "nir" in names and "swir22" in names:
+            parts.append("leaf-off forest from NDVI and SWIR2 (bands red, nir, swir22)")
     if used and scl:
         parts.append("water from the SCL water class")
     if scl:

@@ -255,7 +255,7 @@ class SceneMap:
         }
 
 
-EVIDENCE_LAYERS = ("water", "ndvi", "cloud")  # per-cell layers a map keeps when the scene has spectral bands
+EVIDENCE_LAYERS = ("water", "ndvi", "cloud", "forest")  # per-cell layers a map keeps when the scene has spectral bands
 
 
 @dataclass
@@ -346,7 +346,8 @@ def assemble_map(scene: Scene, labels: list[str], options: MapOptions, parts: li
     acc /= np.maximum(_covered(kept, k), 1)[None]
     if use_evidence:
         # Without NIR the SCL water class only adds water: a missed small river must not veto the CNN's.
-        acc = fuse(acc, labels, layers["water"], trace=WATER_TRACE if scene.has_spectral else -1.0)
+        acc = fuse(acc, labels, layers["water"], trace=WATER_TRACE if scene.has_spectral else -1.0,
+                   forest=layers["forest"])
     reason[(reason == 0) & (acc.max(axis=0) < options.min_confidence)] = UNCERTAIN
     return SceneMap(list(labels), acc, stride, patch, scene.height, scene.width, scene.grid.pixel_area_m2,
                     scene.grid.pixel_size_source, scene.grid.crs, scene.grid.transform, scene.source,
