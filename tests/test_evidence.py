@@ -142,7 +142,8 @@ def test_fuse_raises_forest_to_its_pixel_share_on_land_cells_only():
     np.testing.assert_allclose(fused[:, 0, 2], evidence.fuse(probs, labels, water)[:, 0, 2])
     # Mixed cells (woods on a shore): Forest too, the CNN's water probability scaled with the rest; water cells: no.
     assert fused[FOREST, 0, 3] == pytest.approx(0.8)
-    assert fused[RIVER, 0, 3] == pytest.approx(0.09 * 0.2 / 0.99) and fused[herb, 0, 3] == pytest.approx(0.6 * 0.2 / 0.99)
+    assert fused[RIVER, 0, 3] == pytest.approx(0.09 * 0.2 / 0.99)
+    assert fused[herb, 0, 3] == pytest.approx(0.6 * 0.2 / 0.99)
     assert fused[FOREST, 0, 4] == 0
     # Pixels: vegetated, not in full leaf, dark at 2.2 um and not water.
     red = np.array([0.05, 0.05, 0.05, 0.05, 0.05, 0.02])
