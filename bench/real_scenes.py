@@ -14,7 +14,8 @@ Settings (what a user gets with the matching ``landcover map`` flags):
 
 * ``rgb``: the CNN on the RGB bands only (``--evidence rgb``);
 * ``bands``: every band the scene has (``--evidence auto``, the default): NIR / SWIR / SCL evidence fused with
-  the CNN's probabilities.
+  the CNN's probabilities;
+* ``adapted``: ``bands`` with the CNN adapted to the scene first (``--adapt bn``: AdaBN).
 
 Prints, per scene, one block per model x setting: agreement, balanced accuracy (mean per-class recall), per-class
 recall, coverage and the confusion matrix; then each further model against the first, per setting: the differences
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 import sys
 import textwrap
 import time
@@ -40,7 +42,7 @@ from landcover.scenes.reference import (CROSSWALKS, DEFAULT_PURITY, GridSpec, fo
                                         map_to_reference, paired_difference, rasterize_reference, reference_cells,
                                         score_cells)
 
-SETTINGS = ("rgb", "bands")
+SETTINGS = ("rgb", "bands", "adapted")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -70,7 +72,10 @@ def run_one(predictor, scene_path: str, truth_raster, setting: str, args) -> tup
     from landcover.readers.raster import open_scene
     from landcover.scenes.mapping import MapOptions, map_scene
 
-    options = MapOptions(stride=args.stride, evidence="rgb" if setting == "rgb" else "auto", progress=False)
+    options = MapOptions(stride=args.stride, evidence="rgb" if setting == "rgb" else "auto", progress=False,
+                         adapt="bn" if setting == "adapted" else "none")
+    if args.min_confidence is not None:
+        options = replace(options, min_confidence=args.min_confidence)
     start = time.perf_counter()
     with open_scene(scene_path) as scene:
         if truth_raster is None:

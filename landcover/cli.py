@@ -223,7 +223,8 @@ def _map_options(args):
 
     return MapOptions(stride=args.stride, batch_size=args.batch_size,
                       progress=False if args.no_progress else None, tta=args.tta, evidence=args.evidence,
-                      min_confidence=args.min_confidence if args.command in ("map", "map-region") else 0.0)
+                      min_confidence=args.min_confidence if args.command in ("map", "map-region") else 0.0,
+                      adapt=getattr(args, "adapt", "none"))
 
 
 def add_scene_commands(sub) -> None:
@@ -245,6 +246,10 @@ def add_scene_commands(sub) -> None:
                     help=f"Cells whose top-1 probability is below this are 'uncertain': hatched grey in the map, "
                          f"null in the JSON grid, counted apart in the areas (default {DEFAULT_MIN_CONFIDENCE:g}, "
                          f"chosen on validation and a real scene; 0 classifies every cell).")
+    mp.add_argument("--adapt", default="none", choices=("none", "bn"),
+                    help="bn: re-estimate the CNN's BatchNorm statistics on this scene's own tiles first, blended "
+                         "with the trained ones (AdaBN; more villages and forests found on the development scene, "
+                         "more fields mistaken for villages: see docs/scenes.md). Default none.")
     _add_scene_options(mp, model_help)
     mp.set_defaults(func=_map_command)
 
@@ -402,6 +407,8 @@ def _map_command(args) -> int:
         print(f"  uncertain (top-1 < {result.min_confidence:g}) {data['uncertain_cells']:6d} cells "
               f"{data['uncertain_km2']:10.4f} km²")
     print(f"evidence: {result.evidence_note}")
+    if result.adaptation:
+        print(f"adapted: {result.adaptation}")
     print("wrote " + ", ".join(f"{k} {v}" for k, v in written.items()))
     return 0
 

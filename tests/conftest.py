@@ -60,3 +60,18 @@ def real_eurosat() -> Path:
     if not Path(path).is_dir():
         pytest.fail(f"LANDCOVER_EUROSAT_DIR={path} is not a folder")
     return Path(path)
+
+
+@pytest.fixture(scope="session")
+def shipped(tiny_model_dir, eurosat_folder, tmp_path_factory) -> Path:
+    """A copy of the tiny model folder with onnx/ written by `python -m landcover export-onnx FOLDER --data DIR`."""
+    import shutil
+    import subprocess
+
+    folder = Path(shutil.copytree(tiny_model_dir, tmp_path_factory.mktemp("shipped") / "tiny"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "landcover", "export-onnx", str(folder), "--data", str(eurosat_folder),
+                           "--calibration", "40"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "int8 graph" in proc.stdout and "cost" in proc.stdout
+    return folder

@@ -117,18 +117,6 @@ def test_load_predictor_falls_back_to_torch_when_the_export_cannot_be_written(mo
         load_predictor(str(model_copy / "missing"))
 
 
-@pytest.fixture(scope="module")
-def shipped(tiny_model_dir, eurosat_folder, tmp_path_factory) -> Path:
-    """A copy of the tiny model folder with onnx/ written by `python -m landcover export-onnx FOLDER --data DIR`."""
-    folder = Path(shutil.copytree(tiny_model_dir, tmp_path_factory.mktemp("shipped") / "tiny"))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "landcover", "export-onnx", str(folder), "--data", str(eurosat_folder),
-                           "--calibration", "40"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    assert "int8 graph" in proc.stdout and "cost" in proc.stdout
-    return folder
-
-
 def test_export_onnx_ships_a_weightless_float_graph_and_an_int8_graph_with_checksums(shipped):
     manifest = read_manifest(shipped)
     graphs = manifest["graphs"]

@@ -27,7 +27,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -201,14 +201,15 @@ def strip_debug_info(graph) -> None:
         node.doc_string = ""
 
 
-def fill_weights(graph_path: Path, weights: Path, mapping: dict) -> bytes:
-    """The serialized float graph of :func:`write_float_graph` with its weights read from ``weights``."""
+def fill_weights(graph_path: Path, weights: "Path | Mapping[str, np.ndarray]", mapping: dict) -> bytes:
+    """The serialized float graph of :func:`write_float_graph` with its weights read from ``weights`` (the model
+    folder's safetensors file, or a state dict of numpy arrays: e.g. statistics adapted to a scene)."""
     import onnx
     from onnx import numpy_helper
     from safetensors.numpy import load_file
 
     graph = onnx.load(str(graph_path))
-    state = load_file(str(weights))
+    state = weights if isinstance(weights, Mapping) else load_file(str(weights))
     missing = sorted(set(mapping.values()) - set(state))
     if missing:
         raise ValueError(f"{weights} lacks {len(missing)} tensors the ONNX graph needs (e.g. {missing[0]!r}).")

@@ -83,8 +83,11 @@ def _colormap(labels) -> dict:
 
 def _tags(scene_map: SceneMap) -> dict:
     codes = {MASK_CODE_BASE + k: r for k, r in enumerate(CELL_REASONS, start=1) if k > 1}
-    return dict(classes=json.dumps(scene_map.labels), mask_codes=json.dumps(codes), stride_px=str(scene_map.stride),
+    tags = dict(classes=json.dumps(scene_map.labels), mask_codes=json.dumps(codes), stride_px=str(scene_map.stride),
                 patch_px=str(scene_map.patch_size), evidence=scene_map.evidence_note)
+    if scene_map.adaptation:
+        tags["adaptation"] = scene_map.adaptation
+    return tags
 
 
 def write_class_geotiff(scene_map: SceneMap, path: str | Path) -> Path:

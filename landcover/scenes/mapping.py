@@ -37,6 +37,7 @@ from landcover.scenes.evidence import (CLOUD_MAJORITY, EVIDENCE_MODES, WATER_TRA
 if TYPE_CHECKING:
     from landcover.inference.predictor import Predictor
 
+ADAPT_MODES = ("none", "bn")  # see landcover.scenes.adaptation
 BLOCK_PX = 1024  # rows of pixels read at once (rounded to whole tile rows)
 MAX_MASKED = 0.5  # a cell more than half masked is not classified
 # Why a cell has no class: the input masks, then "uncertain" (top-1 probability below min_confidence).
@@ -73,6 +74,8 @@ class MapOptions:
     max_masked: float = MAX_MASKED  # share of a cell's pixels that may be masked before it is left out
     evidence: str = "auto"  # "auto": every band the scene has (see landcover.scenes.evidence); "rgb": CNN alone
     min_confidence: float = DEFAULT_MIN_CONFIDENCE  # cells whose top-1 probability is lower are "uncertain"
+    # "bn": the CNN's BatchNorm statistics re-estimated on the scene first (landcover.scenes.adaptation); "none"
+    adapt: str = "none"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_confidence <= 1.0:
@@ -81,6 +84,8 @@ class MapOptions:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}.")
         if self.evidence not in EVIDENCE_MODES:
             raise ValueError(f"--evidence must be one of {', '.join(EVIDENCE_MODES)}, got {self.evidence!r}.")
+        if self.adapt not in ADAPT_MODES:
+            raise ValueError(f"--adapt must be one of {', '.join(ADAPT_MODES)}, got {self.adapt!r}.")
 
 
 @dataclass
@@ -162,6 +167,7 @@ class SceneMap:
     evidence_note: str = "CNN on RGB"  # which evidence decided the classes (landcover.scenes.evidence)
     evidence: dict = field(default_factory=dict)  # per-cell layers (e.g. "water", "ndvi"), float32 (rows, cols)
     min_confidence: float = 0.0  # the threshold that made cells "uncertain"
+    adaptation: Optional[str] = None  # how the CNN was adapted to the scene first, if it was
 
     def __post_init__(self) -> None:
         if self.reason is None:
@@ -249,6 +255,7 @@ class SceneMap:
             "transform": list(self.transform)[:6] if self.transform is not None else None,
             "bands": self.band_note or None,
             "evidence": self.evidence_note,
+            "adaptation": self.adaptation,
             "radiometry": self.scene_info.get("radiometry"),
             "resampled": self.scene_info.get("resampled"),
             "warnings": self.scene_info.get("warnings", []),
@@ -370,10 +377,20 @@ def map_scene(predictor: "Predictor", scene: Scene, options: Optional[MapOptions
     Returns:
         A :class:`SceneMap` with ``(C, rows, cols)`` cell probabilities and per-cell mask reasons. Where the
         scene has NIR (and SWIR) reflectance and ``options.evidence`` is ``auto``, the probabilities are the
-        CNN's after :func:`landcover.scenes.evidence.fuse`.
+        CNN's after :func:`landcover.scenes.evidence.fuse`. With ``options.adapt == "bn"`` the tiles are
+        classified by a copy of the predictor adapted to the scene
+        (:func:`landcover.scenes.adaptation.adapt_to_scene`); ``predictor`` itself is not changed.
     """
     options = replace(options or MapOptions(), **overrides)
-    return assemble_map(scene, predictor.labels, options, [accumulate_tiles(predictor, scene, options)])
+    adaptation = None
+    if options.adapt == "bn":
+        from landcover.scenes.adaptation import BN_BLEND, adapt_to_scene
+
+        predictor = adapt_to_scene(predictor, scene)
+        adaptation = f"BatchNorm statistics re-estimated on the scene's tiles, blended {BN_BLEND:g} with the trained"
+    result = assemble_map(scene, predictor.labels, options, [accumulate_tiles(predictor, scene, options)])
+    result.adaptation = adaptation
+    return result
 
 
 def _covered(kept: np.ndarray, k: int) -> np.ndarray:

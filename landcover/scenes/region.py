@@ -77,6 +77,9 @@ class RegionOptions:
             raise ValueError(f"--workers must be at least 1, got {self.workers}.")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {self.threads}.")
+        if self.map.adapt != "none":
+            raise ValueError(f"Region maps do not adapt the CNN per scene (adapt={self.map.adapt!r}): a mosaic's "
+                             f"scenes must share one classifier. Map single scenes with `landcover map --adapt bn`.")
 
     @property
     def worker_threads(self) -> int:
