@@ -229,7 +229,7 @@ def _map_options(args):
 
 def add_scene_commands(sub) -> None:
     """Add ``map`` and ``change`` to the ``python -m landcover`` subparsers."""
-    from landcover.scenes.mapping import DEFAULT_MIN_CONFIDENCE
+    from landcover.scenes.mapping import ADAPT_MODES, DEFAULT_MIN_CONFIDENCE
 
     model_help = "Model folder or Hub id org/name[@revision] (default: the embedded model)."
     scene_help = ("PNG/JPEG, GeoTIFF (RGB or Sentinel-2 bands), STAC item JSON (path or URL), or a folder of "
@@ -246,7 +246,7 @@ def add_scene_commands(sub) -> None:
                     help=f"Cells whose top-1 probability is below this are 'uncertain': hatched grey in the map, "
                          f"null in the JSON grid, counted apart in the areas (default {DEFAULT_MIN_CONFIDENCE:g}, "
                          f"chosen on validation and a real scene; 0 classifies every cell).")
-    mp.add_argument("--adapt", default="none", choices=("none", "bn"),
+    mp.add_argument("--adapt", default="none", choices=ADAPT_MODES,
                     help="bn: re-estimate the CNN's BatchNorm statistics on this scene's own tiles first, blended "
                          "with the trained ones (AdaBN; more villages and forests found on the development scene, "
                          "more fields mistaken for villages: see docs/scenes.md). Default none.")

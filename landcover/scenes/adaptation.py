@@ -66,9 +66,9 @@ def scene_tiles(scene: "Scene", max_tiles: int = BN_MAX_TILES) -> "Iterator[np.n
                          "map this scene without --adapt.")
 
 
-def scene_statistics(predictor: "Predictor", scene: "Scene") -> dict[str, torch.Tensor]:
-    """The model's BatchNorm running mean / var re-estimated on the scene's tiles (state-dict keys -> tensors)."""
-    model = copy.deepcopy(predictor.model).cpu().eval()
+def estimate_statistics(model: torch.nn.Module, predictor: "Predictor", scene: "Scene") -> None:
+    """Set ``model``'s BatchNorm running mean / var to those of the scene's tiles (in place; ``model`` is left in
+    eval mode). ``predictor`` gives the preprocessing."""
     for m in _norms(model):
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over every batch
@@ -78,7 +78,7 @@ def scene_statistics(predictor: "Predictor", scene: "Scene") -> dict[str, torch.
             for start in range(0, len(tiles), BN_BATCH):
                 chunk = torch.from_numpy(tiles[start:start + BN_BATCH])
                 model(preprocess(chunk, predictor.input_size, predictor.mean, predictor.std))
-    return {k: v for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    model.eval()
 
 
 def adapt_to_scene(predictor: "Predictor", scene: "Scene", blend: float = BN_BLEND) -> "Predictor":
@@ -87,17 +87,21 @@ def adapt_to_scene(predictor: "Predictor", scene: "Scene", blend: float = BN_BLE
         raise ValueError(f"The adaptation blend must be between 0 and 1, got {blend}.")
     from landcover.inference.predictor import Predictor, TorchEngine
 
-    scene_stats = scene_statistics(predictor, scene)
     model = copy.deepcopy(predictor.model).cpu().eval()
-    state = model.state_dict()
+    estimate_statistics(model, predictor, scene)
+    trained = predictor.model.state_dict()
     with torch.no_grad():
-        for key, value in scene_stats.items():
-            state[key].copy_((1.0 - blend) * state[key] + blend * value)
-    loaded = replace(predictor.loaded, model=model)
-    engine = _adapted_onnx(predictor, model)
-    if engine is None:
-        engine = TorchEngine(model, predictor.input_size, predictor.mean, predictor.std)
-    return Predictor(loaded, engine, tta=predictor.tta or False)
+        for key, value in model.state_dict().items():
+            if key.endswith(("running_mean", "running_var")):
+                value.copy_((1.0 - blend) * trained[key].to(value) + blend * value)
+    engine = _adapted_onnx(predictor, model) or TorchEngine(model, predictor.input_size, predictor.mean,
+                                                             predictor.std)
+    return Predictor(replace(predictor.loaded, model=model), engine, tta=predictor.tta or False)
+
+
+def describe(blend: float = BN_BLEND) -> str:
+    """The line maps carry (JSON ``adaptation``, legend, GeoTIFF tag) when they were adapted."""
+    return f"BatchNorm statistics re-estimated on the scene's tiles, blended {blend:g} with the trained"
 
 
 def _adapted_onnx(predictor: "Predictor", model: torch.nn.Module):

@@ -46,7 +46,8 @@ UNCERTAIN = len(CELL_REASONS)  # its reason code (1 + index)
 # Default --min-confidence. Chosen as the threshold below which cells are right at most half the time, on both
 # the embedded model's EuroSAT validation split (single pass: 0 of 2,160 patches below 0.3, 1 of 2 right below
 # 0.5, 12 of 16 below 0.6) and the development scene (Brandenburg, stride 16, every band fused: 2 right / 4 wrong
-# below 0.3, 24 / 10 below 0.35). Since an uncertain cell scores as a miss, a higher default only costs on real scenes.
+# below 0.3, 24 / 10 below 0.35). Since an uncertain cell scores as a miss, a higher default only costs on real
+# scenes.
 DEFAULT_MIN_CONFIDENCE = 0.3
 
 
@@ -262,7 +263,8 @@ class SceneMap:
         }
 
 
-EVIDENCE_LAYERS = ("water", "ndvi", "cloud", "forest")  # per-cell layers a map keeps when the scene has spectral bands
+# Per-cell layers a map keeps when the scene has spectral bands (landcover.scenes.evidence.CellEvidence).
+EVIDENCE_LAYERS = ("water", "ndvi", "cloud", "forest")
 
 
 @dataclass
@@ -384,10 +386,10 @@ def map_scene(predictor: "Predictor", scene: Scene, options: Optional[MapOptions
     options = replace(options or MapOptions(), **overrides)
     adaptation = None
     if options.adapt == "bn":
-        from landcover.scenes.adaptation import BN_BLEND, adapt_to_scene
+        from landcover.scenes.adaptation import adapt_to_scene, describe
 
         predictor = adapt_to_scene(predictor, scene)
-        adaptation = f"BatchNorm statistics re-estimated on the scene's tiles, blended {BN_BLEND:g} with the trained"
+        adaptation = describe()
     result = assemble_map(scene, predictor.labels, options, [accumulate_tiles(predictor, scene, options)])
     result.adaptation = adaptation
     return result
