@@ -125,7 +125,7 @@ def test_fuse_forces_water_by_majority_and_removes_it_from_dry_cells():
                                [0 if i in (SEALAKE, RIVER) else 1 / 8 for i in range(10)], atol=1e-7)
 
 
-def test_fuse_raises_forest_to_its_pixel_share_on_land_cells_only():
+def test_fuse_raises_forest_to_its_pixel_share_on_every_cell_not_mostly_water():
     labels = list(EUROSAT_CLASSES)
     herb, crop = (EUROSAT_CLASSES.index(c) for c in ("HerbaceousVegetation", "AnnualCrop"))
     probs = np.zeros((10, 1, 5), dtype=np.float32)
