@@ -94,8 +94,9 @@ def adapt_to_scene(predictor: "Predictor", scene: "Scene", blend: float = BN_BLE
         for key, value in model.state_dict().items():
             if key.endswith(("running_mean", "running_var")):
                 value.copy_((1.0 - blend) * trained[key].to(value) + blend * value)
+    # Statistics are estimated on the CPU; a torch predictor's adapted copy runs where the original ran.
     engine = _adapted_onnx(predictor, model) or TorchEngine(model, predictor.input_size, predictor.mean,
-                                                             predictor.std)
+                                                             predictor.std, str(predictor.device))
     return Predictor(replace(predictor.loaded, model=model), engine, tta=predictor.tta or False)
 
 
