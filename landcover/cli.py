@@ -175,6 +175,7 @@ def _bands_arg(text: str) -> tuple[int, ...]:
 def _add_scene_options(p: argparse.ArgumentParser, model_help: str, outputs: bool = True) -> None:
     from landcover.core.labels import PATCH_SIZE_PX
     from landcover.readers.radiometry import KINDS
+    from landcover.scenes.evidence import EVIDENCE_MODES
 
     p.add_argument("--model", default=None, help=model_help)
     p.add_argument("--stride", type=int, default=PATCH_SIZE_PX,
@@ -210,7 +211,7 @@ def _add_scene_options(p: argparse.ArgumentParser, model_help: str, outputs: boo
     p.add_argument("--tta", nargs="?", const=True, default=False, choices=tuple(TTA_MODES), metavar="MODE",
                    help=f"Average flips/rotations of every tile ({tta_choices_help()}; bare --tta: the model's mode "
                         f"or d4). Maps use one pass by default.")
-    p.add_argument("--evidence", default="auto", choices=("auto", "rgb"),
+    p.add_argument("--evidence", default="auto", choices=EVIDENCE_MODES,
                    help="auto (default): where the scene has NIR (and SWIR) bands, water is decided per cell by "
                         "the water indices NDWI/MNDWI and leaf-off forest by NDVI and SWIR2 (B12), fused with "
                         "the CNN; rgb: the CNN on RGB alone.")

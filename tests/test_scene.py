@@ -18,7 +18,7 @@ from PIL import Image
 
 from datagen import class_patch
 from landcover.readers import raster
-from landcover.scenes import change, export, mapping, render
+from landcover.scenes import adaptation, change, export, mapping, render
 from landcover.core.labels import CLASS_COLOURS, EUROSAT_CLASSES, PATCH_SIZE_PX
 from landcover.inference.predictor import Predictor
 
@@ -310,6 +310,14 @@ def test_app_tabs_over_http(predictor, tmp_path):
         assert sum(row[1] for row in areas["data"]) == pytest.approx(100.0, abs=0.1)
         assert "EPSG:32633" in summary
         assert sorted(Path(f).suffix for f in files) == [".geojson", ".json", ".png", ".png", ".tif"]
+        # Left out, the confidence and adaptation controls take landcover map's defaults.
+        saved = json.loads(next(Path(f) for f in files if f.endswith(".json")).read_text())
+        assert saved["min_confidence"] == mapping.DEFAULT_MIN_CONFIDENCE and saved["adaptation"] is None
+        assert "Adapted" not in summary and f"below confidence {mapping.DEFAULT_MIN_CONFIDENCE:g}" in summary
+        *_, summary, files = client.predict(handle_file(str(src)), 32, 0.0, True, api_name="/map_scene")
+        saved = json.loads(next(Path(f) for f in files if f.endswith(".json")).read_text())
+        assert saved["adaptation"] == adaptation.describe() and saved["min_confidence"] == 0.0
+        assert f"Adapted: {adaptation.describe()}" in summary and "0 cells below confidence 0 " in summary
         change, transitions, summary, files = client.predict(handle_file(str(tmp_path / "before.png")),
                                                              handle_file(str(tmp_path / "after.png")), 0.0, 64,
                                                              api_name="/compare_scenes")

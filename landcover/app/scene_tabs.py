@@ -1,4 +1,7 @@
-"""Gradio tabs "Map a scene" and "Compare two dates" (reading: :mod:`landcover.readers.raster`; maps: :mod:`landcover.scenes.mapping`).
+"""Gradio tabs "Map a scene" and "Compare two dates".
+
+Reading: :mod:`landcover.readers.raster`; maps: :mod:`landcover.scenes.mapping` (the map tab's controls are
+:class:`~landcover.scenes.mapping.MapOptions` fields, as ``landcover map``'s flags are).
 
 Call :func:`add_scene_tabs` inside an open ``gr.Blocks()`` (and ``gr.Tabs()``) context; the app in
 :mod:`landcover.app.blocks` does. Both buttons run in the app's shared ``"inference"`` concurrency group, so
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Union
 
@@ -21,7 +25,7 @@ import gradio as gr
 from landcover.scenes.change import detect_change, render_change
 from landcover.scenes.export import class_geojson, write_class_geotiff, write_geojson
 from landcover.readers.imageio import IMAGE_SUFFIXES, UnsupportedImage, UploadError, UploadTooLarge, is_tiff
-from landcover.scenes.mapping import SceneMap, map_scene
+from landcover.scenes.mapping import DEFAULT_MIN_CONFIDENCE, MapOptions, SceneMap, map_scene
 from landcover.readers.raster import Scene, open_scene
 from landcover.scenes.render import render_map_with_legend, render_overlay, scene_note
 
@@ -82,17 +86,21 @@ def _area_rows(scene_map: SceneMap) -> list[list]:
     return rows
 
 
-def map_scene_files(predictor, upload, stride: int = 64, out_dir: Optional[str] = None):
+def map_scene_files(predictor, upload, options: Optional[MapOptions] = None, out_dir: Optional[str] = None):
     """What the "Map a scene" button returns: map (with legend), overlay, area rows, summary, files.
 
+    ``options``: the stride, confidence threshold and adaptation the tab's controls set (the tab maps with
+    ``landcover map``'s defaults otherwise).
+
     Raises:
-        gr.Error: on a missing, refused, unreadable, too small or badly banded scene.
+        gr.Error: on a missing, refused, unreadable, too small or badly banded scene, or a bad option.
     """
     path = _path(upload, "a scene")
     out = Path(out_dir or tempfile.mkdtemp(prefix="landcover-map-"))
     try:
+        options = replace(options or MapOptions(), progress=True)
         with _open_checked(path) as scene:
-            result = map_scene(predictor, scene, stride=int(stride), progress=True)
+            result = map_scene(predictor, scene, options)
             legend_map = render_map_with_legend(result)
             overlay = render_overlay(result, scene)
             files = [out / "map.png", out / "overlay.png", out / "map.json"]
@@ -107,7 +115,10 @@ def map_scene_files(predictor, upload, stride: int = 64, out_dir: Optional[str] 
     _warn(result)
     rows, cols = result.grid.shape
     summary = (f"**{Path(path).name}**: {result.width}×{result.height} px, {rows}×{cols} cells of "
-               f"{result.stride} px. Pixel size: {result.pixel_size_source}. {scene_note(result)}"
+               f"{result.stride} px. Pixel size: {result.pixel_size_source}. Evidence: {result.evidence_note}. "
+               + (f"Adapted: {result.adaptation}. " if result.adaptation else "")
+               + f"{int(result.uncertain.sum())} cells below confidence {result.min_confidence:g} (uncertain). "
+               + scene_note(result)
                + ("" if scene.georeferenced else " No georeference, so no GeoTIFF/GeoJSON download."))
     return legend_map, overlay, _area_rows(result), summary, [str(f) for f in files]
 
@@ -147,8 +158,13 @@ def add_scene_tabs(predictor, concurrency_id: str = "inference") -> None:
         concurrency_id: The app's shared inference concurrency group (its limit is set by the app's queue).
     """
 
-    def on_map(upload, stride, progress=gr.Progress(track_tqdm=True)):
-        return map_scene_files(predictor, upload, stride)
+    def on_map(upload, stride, min_confidence, adapt, progress=gr.Progress(track_tqdm=True)):
+        try:
+            options = MapOptions(stride=int(stride), min_confidence=float(min_confidence),
+                                 adapt="bn" if adapt else "none")
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+        return map_scene_files(predictor, upload, options)
 
     def on_compare(before, after, min_confidence, stride, progress=gr.Progress(track_tqdm=True)):
         return compare_scene_files(predictor, before, after, min_confidence, stride)
@@ -163,6 +179,13 @@ def add_scene_tabs(predictor, concurrency_id: str = "inference") -> None:
                 scene_file = gr.File(label="Scene (PNG, JPEG or GeoTIFF)", file_types=SCENE_TYPES)
                 stride = gr.Radio(STRIDES, value=64, label="Stride (px)",
                                   info="Below 64, overlapping tiles are averaged: a finer map, more tiles.")
+                map_min_conf = gr.Slider(0.0, 1.0, value=DEFAULT_MIN_CONFIDENCE, step=0.05,
+                                         label="Minimum confidence",
+                                         info="Cells whose top class is less likely are 'uncertain' (hatched grey).")
+                adapt = gr.Checkbox(False, label="Adapt the model to this scene",
+                                    info="Re-estimates the CNN's BatchNorm statistics on the scene's own tiles "
+                                         "(AdaBN): on a winter scene more villages and forests are found, and "
+                                         "some fields are taken for villages. About twice the time.")
                 map_button = gr.Button("Map the scene", variant="primary")
                 map_summary = gr.Markdown(label="Summary")
                 areas = gr.Dataframe(headers=["class", "area %", "km²", "cells"], label="Area per class",
@@ -172,8 +195,9 @@ def add_scene_tabs(predictor, concurrency_id: str = "inference") -> None:
             with gr.Column(scale=2):
                 map_image = gr.Image(label="Land-cover map", type="pil", format="png", interactive=False)
                 overlay_image = gr.Image(label="Map over the scene", type="pil", format="png", interactive=False)
-        map_button.click(on_map, [scene_file, stride], [map_image, overlay_image, areas, map_summary, map_files],
-                         api_name="map_scene", concurrency_id=concurrency_id)
+        map_button.click(on_map, [scene_file, stride, map_min_conf, adapt],
+                         [map_image, overlay_image, areas, map_summary, map_files], api_name="map_scene",
+                         concurrency_id=concurrency_id)
 
     with gr.Tab("Compare two dates"):
         gr.Markdown("Upload two co-registered scenes of the same place (same size; GeoTIFFs on the same grid). "
