@@ -137,6 +137,32 @@ def test_gradio_api_bad_inputs_raise_clear_errors_and_keep_serving(app_url, vali
     assert client.predict(handle_file(str(ok)), api_name="/predict")["label"]
 
 
+def test_bad_uploads_in_flight_with_good_ones_fail_alone(app_url, valid_png, tmp_path):
+    """Concurrent Gradio and REST requests share the batcher's passes; a corrupt upload among them gets its own
+    error and every valid one its probabilities (a batched Gradio function would send one error to all)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(app_url + "/", verbose=False, httpx_kwargs={"timeout": 300}, download_files=False)
+    good, bad = tmp_path / "ok.png", tmp_path / "cut.jpg"
+    good.write_bytes(valid_png)
+    bad.write_bytes(badimages.truncated_jpeg())
+    files = [good, good, bad, good, good, good, bad, good]
+    jobs = [client.submit(handle_file(str(f)), api_name="/predict") for f in files]
+    with ThreadPoolExecutor(8) as pool:
+        rest = list(pool.map(lambda data: _post(app_url, data), [valid_png, badimages.truncated_jpeg()] * 4))
+    for f, job in zip(files, jobs):
+        if f == bad:
+            with pytest.raises(AppError, match="truncated or corrupt"):
+                job.result()
+        else:
+            assert job.result()["label"]
+    assert [r.status_code for r in rest] == [200, 400] * 4
+    assert all(sum(r.json()["probabilities"].values()) == pytest.approx(1.0, abs=1e-4) for r in rest[::2])
+
+
 def test_gradio_upload_limit_and_temp_dir_only(app_url, tmp_path):
     """Gradio's own upload route: 413 over the limit; a hostile file name cannot escape its temp dir."""
     big = httpx.post(app_url + "/gradio_api/upload", files={"files": ("big.png", badimages.oversize(LIMIT + 1024))})
