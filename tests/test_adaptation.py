@@ -114,3 +114,15 @@ def test_a_scene_without_an_unmasked_tile_cannot_be_adapted(tiny_model_dir, tmp_
     with raster.open_scene(tmp_path / "empty.tif") as scene:
         with pytest.raises(ValueError, match="found no unmasked 64 px tile"):
             adaptation.adapt_to_scene(predictor, scene)
+
+
+def test_statistics_tiles_include_those_on_block_boundaries(tmp_path):
+    """Every unmasked tile of a scene taller than one read block is used, the rows where blocks meet included."""
+    rows = (mapping.BLOCK_PX + 2 * P) // P  # tiles at stride 64; at stride 32 the scene spans two blocks
+    path = write_scene(tmp_path / "tall.tif", np.arange(rows).reshape(rows, 1) % 10)
+    with raster.open_scene(path) as scene:
+        expected = np.prod(mapping.tile_grid(scene.height, scene.width, P, adaptation.BN_STRIDE))
+        tiles = np.concatenate(list(adaptation.scene_tiles(scene)))
+        assert len(tiles) == expected
+        first_rgb = scene.read(0, 0, P, P)[0]
+    np.testing.assert_array_equal(tiles[0], first_rgb)

@@ -25,7 +25,7 @@ import torch
 
 from landcover.core.labels import PATCH_SIZE_PX
 from landcover.data.transforms import preprocess
-from landcover.scenes.mapping import iter_blocks, tile_grid
+from landcover.scenes.mapping import iter_blocks, tile_grid, tile_windows
 
 if TYPE_CHECKING:
     from landcover.inference.predictor import Predictor
@@ -53,9 +53,8 @@ def scene_tiles(scene: "Scene", max_tiles: int = BN_MAX_TILES) -> "Iterator[np.n
     seen = 0
     for block in iter_blocks(scene, BN_STRIDE, PATCH_SIZE_PX):
         n = block.tiles.shape[0]
-        free = block.cell_reason == 0
-        windows = np.lib.stride_tricks.sliding_window_view(free, (k, k))[:n, :cols]
-        ii, jj = np.nonzero(windows.all(axis=(2, 3)))  # tiles none of whose cells are masked
+        # Tiles none of whose cells are masked (cells of the next block's rows are not known yet: counted free).
+        ii, jj = np.nonzero(tile_windows(block.cell_reason == 0, n, cols, k).all(axis=(2, 3)))
         order = (block.i0 + ii) * cols + jj
         keep = (order % step) == 0
         if keep.any():

@@ -129,6 +129,18 @@ def iter_blocks(scene: Scene, stride: int, patch: int = PATCH_SIZE_PX, block_px:
         yield Block(i0, tiles, slice(i0, i0 + n_cell_rows), cell_reasons(cell_code, stride, max_masked), cells)
 
 
+def tile_windows(free: np.ndarray, n: int, cols: int, k: int) -> np.ndarray:
+    """bool ``(n, cols, k, k)``: for each of ``n`` rows x ``cols`` tiles, the ``k x k`` cells it covers.
+
+    ``free`` holds per-cell flags from the tiles' first cell row on; cell rows it lacks at the bottom (they belong
+    to the next block, not read yet) count as True.
+    """
+    missing = n + k - 1 - free.shape[0]
+    if missing > 0:
+        free = np.pad(free, ((0, missing), (0, 0)), constant_values=True)
+    return np.lib.stride_tricks.sliding_window_view(free, (k, k))[:n, :cols]
+
+
 def cell_reasons(code: np.ndarray, stride: int, max_masked: float = MAX_MASKED) -> np.ndarray:
     """uint8 per cell: 0 when at most ``max_masked`` of its pixels are masked, else the majority reason."""
     h, w = code.shape[0] // stride, code.shape[1] // stride
@@ -315,9 +327,7 @@ def accumulate_tiles(predictor: "Predictor", scene: Scene, options: MapOptions,
                 layers[name][local] = getattr(block.evidence, name)
         i0, n = block.i0 - r0, block.tiles.shape[0]
         # A tile is worth classifying when any of the k x k cells it covers is not masked.
-        free = reason[i0:i0 + n + k - 1] == 0
-        windows = np.lib.stride_tricks.sliding_window_view(free, (k, k))[:n, :cols]
-        keep = windows.any(axis=(2, 3))
+        keep = tile_windows(reason[i0:i0 + n + k - 1] == 0, n, cols, k).any(axis=(2, 3))
         kept[i0:i0 + n] = keep
         ii, jj = np.nonzero(keep)
         for s in range(0, len(ii), batch_size):
