@@ -13,7 +13,9 @@ per-cell grid. Model loading is timed on its own. Variants, each a :class:`landc
 * ``onnx``: the shipped float graph (uint8 pixels in, preprocessing inside the graph);
 * ``int8``: the shipped static int8 graph (what ``map`` uses by default when its accuracy cost is within
   budget; see ``landcover/core/defaults.py``);
-* ``torch``: eager torch.
+* ``torch``: eager torch;
+* ``BACKEND@FOLDER`` (e.g. ``int8@runs/student``): that backend on another model folder, side by side with
+  ``--model``'s variants in the same run (its test accuracy on ``--model``'s test split).
 
 The scene is a mosaic of real EuroSAT patches with ``--data`` (fixed seed), else random texture; it is
 written to a temporary folder. With ``--data``, the accuracy of each variant on the model's test split
@@ -68,6 +70,8 @@ def load_variant(name: str, model, threads: int):
     from landcover.inference.predictor import Predictor, load_predictor
 
     t = time.perf_counter()
+    name, _, other = name.partition("@")
+    model = other or model
     if name == "today":
         from onnx_reference import TodayEngine
 
@@ -112,7 +116,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=2048, help="Scene side in px (default 2048: 1,024 tiles).")
     parser.add_argument("--stride", type=int, default=PATCH_SIZE_PX)
     parser.add_argument("--batch-size", type=int, default=256, help="Tiles per forward pass (map's default).")
-    parser.add_argument("--variants", default="today,onnx,int8", help="Comma-separated: today, onnx, int8, torch.")
+    parser.add_argument("--variants", default="today,onnx,int8", help="Comma-separated: today, onnx, int8, torch, BACKEND@FOLDER.")
     parser.add_argument("--threads", type=int, default=None, help="Threads (default: the cores we may use).")
     parser.add_argument("--repeat", type=int, default=5, help="Timed runs per variant (best is reported).")
     parser.add_argument("--json", action="store_true", help="Print one JSON object.")
