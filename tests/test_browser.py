@@ -113,3 +113,30 @@ def test_app_without_flags_shows_the_embedded_models_ten_examples(browser):
         panel = page.locator("#model-panel").inner_text()
         assert "efficientnet_lite0" in panel and str(DEFAULT_MODEL_DIR) not in panel
         page.close()
+
+
+def test_map_tab_in_browser_maps_an_uploaded_scene_adapted(browser, tiny_model_dir, tmp_path):
+    """The "Map a scene" tab: upload a scene, tick the adaptation, map it; the map and a summary that says it
+    was adapted appear."""
+    from landcover.app.blocks import build_app
+    from landcover.inference.predictor import load_predictor
+    from landcover.scenes.adaptation import describe
+
+    rng = np.random.default_rng(5)
+    rows = [np.concatenate([class_patch(int(c), rng) for c in row], axis=1) for row in ((0, 1, 2), (3, 4, 5))]
+    scene = tmp_path / "scene.png"
+    Image.fromarray(np.concatenate(rows)).save(scene)
+    with running_app(build_app(load_predictor(str(tiny_model_dir)))) as url:
+        page = _open(browser, url)
+        page.locator("button[role=tab]", has_text="Map a scene").click()
+        page.locator("#scene-input input[type=file]").set_input_files(str(scene))
+        page.locator("#scene-adapt input[type=checkbox]").check()
+        page.locator("#map-button").click()
+        page.wait_for_function("() => (document.querySelector('#map-summary')?.innerText || '').includes('Adapted')",
+                               timeout=180_000)
+        summary = page.locator("#map-summary").inner_text()
+        assert "scene.png" in summary and describe() in summary and "2×3 cells" in summary
+        assert page.locator("#map-image img").count() == 1
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "app-map-scene.png"), full_page=True)
+        page.close()

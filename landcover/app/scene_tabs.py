@@ -176,7 +176,8 @@ def add_scene_tabs(predictor, concurrency_id: str = "inference") -> None:
                     "cut into 64 px tiles and every tile is classified.")
         with gr.Row():
             with gr.Column(scale=1):
-                scene_file = gr.File(label="Scene (PNG, JPEG or GeoTIFF)", file_types=SCENE_TYPES)
+                scene_file = gr.File(label="Scene (PNG, JPEG or GeoTIFF)", file_types=SCENE_TYPES,
+                                     elem_id="scene-input")
                 stride = gr.Radio(STRIDES, value=64, label="Stride (px)",
                                   info="Below 64, overlapping tiles are averaged: a finer map, more tiles.")
                 map_min_conf = gr.Slider(0.0, 1.0, value=DEFAULT_MIN_CONFIDENCE, step=0.05,
@@ -185,15 +186,17 @@ def add_scene_tabs(predictor, concurrency_id: str = "inference") -> None:
                 adapt = gr.Checkbox(False, label="Adapt the model to this scene",
                                     info="Re-estimates the CNN's BatchNorm statistics on the scene's own tiles "
                                          "(AdaBN): on a winter scene more villages and forests are found, and "
-                                         "some fields are taken for villages. About twice the time.")
-                map_button = gr.Button("Map the scene", variant="primary")
-                map_summary = gr.Markdown(label="Summary")
+                                         "some fields are taken for villages. About twice the time.",
+                                    elem_id="scene-adapt")
+                map_button = gr.Button("Map the scene", variant="primary", elem_id="map-button")
+                map_summary = gr.Markdown(label="Summary", elem_id="map-summary")
                 areas = gr.Dataframe(headers=["class", "area %", "km²", "cells"], label="Area per class",
                                      interactive=False)
                 map_files = gr.File(label="Downloads (PNG, JSON, GeoTIFF, GeoJSON)", file_count="multiple",
                                     interactive=False)
             with gr.Column(scale=2):
-                map_image = gr.Image(label="Land-cover map", type="pil", format="png", interactive=False)
+                map_image = gr.Image(label="Land-cover map", type="pil", format="png", interactive=False,
+                                     elem_id="map-image")
                 overlay_image = gr.Image(label="Map over the scene", type="pil", format="png", interactive=False)
         map_button.click(on_map, [scene_file, stride, map_min_conf, adapt],
                          [map_image, overlay_image, areas, map_summary, map_files], api_name="map_scene",
