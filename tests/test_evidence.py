@@ -183,6 +183,30 @@ def test_leaf_off_forest_that_rgb_calls_vegetation_is_mapped_forest_when_swir2_s
     assert "forest" not in without.to_json()["evidence"] and np.isnan(without.evidence["forest"]).all()
 
 
+def test_leaf_off_forest_test_is_off_where_most_vegetation_is_in_full_leaf(predictor, tmp_path):
+    """The same leaf-off tile (NDVI 1/3, dark at 2.2 um) beside two tiles in full leaf (the growing season: most
+    vegetation above the ceiling) is left to the CNN; beside two leaf-off field tiles it becomes Forest."""
+    herb = EUROSAT_CLASSES.index("HerbaceousVegetation")
+    rng = np.random.default_rng(0)
+    rgb = np.concatenate([class_patch(herb, rng) for _ in range(3)], axis=1).astype(np.float64) / 255 * WHITE + 100
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    swir16 = np.full(red.shape, 4000.0)  # no pixel is water
+    swir22 = np.kron([[500.0, 2000.0, 2000.0]], np.ones((P, P)))
+    names = np.array(EUROSAT_CLASSES)
+    grids = {}
+    for season, k in (("summer", [2.0, 5.0, 5.0]), ("winter", [2.0, 2.0, 2.0])):  # NDVI (k - 1) / (k + 1)
+        nir = red * np.kron([k], np.ones((P, P)))
+        stack = np.stack([blue, green, red, nir, swir16, swir22]).round().astype(np.uint16)
+        path = write_stack(tmp_path / f"{season}.tif", stack, ("B02", "B03", "B04", "B08", "B11", "B12"))
+        with raster.open_scene(path) as scene:
+            grids[season] = mapping.map_scene(predictor, scene)
+    assert list(names[grids["winter"].grid[0]]) == ["Forest", "HerbaceousVegetation", "HerbaceousVegetation"]
+    assert list(names[grids["summer"].grid[0]]) == ["HerbaceousVegetation"] * 3
+    np.testing.assert_array_equal(grids["summer"].evidence["forest"][0], [0.0, 0.0, 0.0])
+    assert evidence.in_leaf({"red": red, "nir": red * 5.0, "green": green, "swir16": swir16},
+                            np.ones(red.shape, dtype=bool))
+
+
 def test_water_that_rgb_calls_forest_is_mapped_water_when_nir_says_so(predictor, tmp_path):
     """Forest-looking tiles over water (NIR below green) become water; water-looking tiles over land stop being
     water. RGB-only maps of the same file are the CNN's alone."""

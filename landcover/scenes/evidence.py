@@ -17,8 +17,10 @@ and open water is the one class that physics separates cleanly:
   ``FOREST_SWIR22_MAX``). Tree canopies shade themselves and hold water, so in the dormant season they stay dark
   in SWIR2 while bare or stubble fields, dry grass and roofs are bright there; and at 2.2 um haze and low sun
   barely change top-of-atmosphere reflectance, unlike the visible bands, where a hazy winter forest no longer
-  looks like EuroSAT's dark summer forests. The NDVI ceiling keeps the test silent in the growing season (green
-  crops are dark in SWIR2 too), where the CNN sees forests as it was trained to.
+  looks like EuroSAT's dark summer forests. The NDVI ceiling keeps the test silent on canopies in leaf (green
+  crops are dark in SWIR2 too), where the CNN sees forests as it was trained to; and in a read block where most
+  vegetation is in full leaf (the growing season, ``LEAF_ON_MAJORITY``) the test is off altogether, since the
+  vegetated pixels left below the ceiling are then partly covered crops and grass.
 * **Cloud and haze** (per pixel, for products without an SCL layer): bright and white. The mean visible
   reflectance (B02, B03, B04) is above ``CLOUD_BRIGHTNESS`` and the visible spectrum is flat: Fmask's whiteness
   sum(|band - mean|) / mean below ``CLOUD_WHITENESS`` (Zhu & Woodcock 2012), and not vegetation (NDVI below
@@ -69,6 +71,13 @@ CLOUD_MAJORITY = 0.5  # a cell at least half cloud pixels is flagged
 FOREST_SWIR22_MAX = 0.09
 FOREST_NDVI_MIN = 0.15
 FOREST_NDVI_MAX = 0.5
+# Season guard of the leaf-off forest test: in a read block where at least this share of the vegetated land pixels
+# (NDVI >= FOREST_NDVI_MIN) is in full leaf (NDVI >= FOREST_NDVI_MAX), the scene is in its growing season and the
+# test is off for the block: canopies are then in leaf and the CNN sees them as it was trained to, while the
+# vegetated pixels left below the ceiling are partly covered crops and grass, which can be dark in SWIR2 too. On the
+# development scene (February) 0.08 % of the vegetated pixels are in full leaf. A majority rule, not fitted: no
+# growing-season scene with a reference is at hand.
+LEAF_ON_MAJORITY = 0.5
 _TINY = 1e-30  # probability mass treated as none (a float32 softmax underflows to 0 for very sure models)
 
 
@@ -112,6 +121,14 @@ def forest_pixels(reflectance: dict[str, np.ndarray]) -> np.ndarray:
     return vegetated & (reflectance["swir22"] < FOREST_SWIR22_MAX) & ~water_pixels(reflectance)
 
 
+def in_leaf(reflectance: dict[str, np.ndarray], valid: np.ndarray) -> bool:
+    """Whether most vegetated land pixels of ``valid`` are in full leaf (the season guard, see LEAF_ON_MAJORITY)."""
+    index = ndvi(reflectance)
+    vegetated = valid & (index >= FOREST_NDVI_MIN) & ~water_pixels(reflectance)
+    n = int(vegetated.sum())
+    return n > 0 and int((vegetated & (index >= FOREST_NDVI_MAX)).sum()) >= LEAF_ON_MAJORITY * n
+
+
 def ndvi(reflectance: dict[str, np.ndarray]) -> np.ndarray:
     red, nir = reflectance["red"], reflectance["nir"]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -132,7 +149,9 @@ def cell_evidence(reflectance: dict[str, np.ndarray], valid: np.ndarray, stride:
         water = cells(water_pixels(reflectance) & valid) / n
         veg = cells(np.where(valid, ndvi(reflectance), 0.0)) / n if spectral else nan
         cloud = cells(cloud_pixels(reflectance) & valid) / n if spectral else nan
-        forest = cells(forest_pixels(reflectance) & valid) / n if spectral and "swir22" in reflectance else nan
+        forest = nan
+        if spectral and "swir22" in reflectance:  # 0 everywhere in a block in full leaf (the season guard)
+            forest = np.zeros_like(n) if in_leaf(reflectance, valid) else cells(forest_pixels(reflectance) & valid) / n
     return CellEvidence(*(a.astype(np.float32) for a in (water, veg, cloud, forest)))
 
 
@@ -199,7 +218,8 @@ def evidence_note(names: Optional[Sequence[str]], scl: bool, used: bool = True) 
         index = "NDWI and MNDWI" if "swir16" in names else "NDWI"
         parts.append(f"water from {index} (bands {', '.join(['green', *(n for n in names if n != 'swir22')])})")
         if "nir" in names and "swir22" in names:
-            parts.append("leaf-off forest from NDVI and SWIR2 (bands red, nir, swir22)")
+            parts.append("leaf-off forest from NDVI and SWIR2 (bands red, nir, swir22; off where most vegetation "
+                         "is in full leaf)")
     if used and scl:
         parts.append("water from the SCL water class")
     if scl:
