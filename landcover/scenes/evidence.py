@@ -151,7 +151,9 @@ def cell_evidence(reflectance: dict[str, np.ndarray], valid: np.ndarray, stride:
         cloud = cells(cloud_pixels(reflectance) & valid) / n if spectral else nan
         forest = nan
         if spectral and "swir22" in reflectance:  # 0 everywhere in a block in full leaf (the season guard)
-            forest = np.zeros_like(n) if in_leaf(reflectance, valid) else cells(forest_pixels(reflectance) & valid) / n
+            forest = cells(forest_pixels(reflectance) & valid) / n
+            if in_leaf(reflectance, valid):
+                forest = np.where(n > 0, 0.0, np.nan)
     return CellEvidence(*(a.astype(np.float32) for a in (water, veg, cloud, forest)))
 
 
