@@ -116,7 +116,8 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=2048, help="Scene side in px (default 2048: 1,024 tiles).")
     parser.add_argument("--stride", type=int, default=PATCH_SIZE_PX)
     parser.add_argument("--batch-size", type=int, default=256, help="Tiles per forward pass (map's default).")
-    parser.add_argument("--variants", default="today,onnx,int8", help="Comma-separated: today, onnx, int8, torch, BACKEND@FOLDER.")
+    parser.add_argument("--variants", default="today,onnx,int8",
+                        help="Comma-separated: today, onnx, int8, torch, BACKEND@FOLDER.")
     parser.add_argument("--threads", type=int, default=None, help="Threads (default: the cores we may use).")
     parser.add_argument("--repeat", type=int, default=5, help="Timed runs per variant (best is reported).")
     parser.add_argument("--json", action="store_true", help="Print one JSON object.")

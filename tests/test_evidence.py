@@ -203,8 +203,7 @@ def test_leaf_off_forest_test_is_off_where_most_vegetation_is_in_full_leaf(predi
     assert list(names[grids["winter"].grid[0]]) == ["Forest", "HerbaceousVegetation", "HerbaceousVegetation"]
     assert list(names[grids["summer"].grid[0]]) == ["HerbaceousVegetation"] * 3
     np.testing.assert_array_equal(grids["summer"].evidence["forest"][0], [0.0, 0.0, 0.0])
-    assert evidence.in_leaf({"red": red, "nir": red * 5.0, "green": green, "swir16": swir16},
-                            np.ones(red.shape, dtype=bool))
+    assert evidence.in_leaf(evidence.ndvi({"red": red, "nir": red * 5.0}), np.ones(red.shape, dtype=bool))
 
 
 def test_water_that_rgb_calls_forest_is_mapped_water_when_nir_says_so(predictor, tmp_path):

@@ -107,24 +107,29 @@ def water_pixels(bands: dict[str, np.ndarray]) -> np.ndarray:
     return water
 
 
-def cloud_pixels(reflectance: dict[str, np.ndarray]) -> np.ndarray:
-    """bool ``(H, W)``: bright, spectrally flat, not vegetated (see the module docstring)."""
+def cloud_pixels(reflectance: dict[str, np.ndarray], index: Optional[np.ndarray] = None) -> np.ndarray:
+    """bool ``(H, W)``: bright, spectrally flat, not vegetated (see the module docstring). ``index``: the NDVI, when
+    the caller has it."""
+    index = ndvi(reflectance) if index is None else index
     visible = (reflectance["blue"] + reflectance["green"] + reflectance["red"]) / 3
     spread = sum(np.abs(reflectance[b] - visible) for b in ("blue", "green", "red"))
-    return (visible > CLOUD_BRIGHTNESS) & (spread < CLOUD_WHITENESS * visible) & (ndvi(reflectance) < CLOUD_MAX_NDVI)
+    return (visible > CLOUD_BRIGHTNESS) & (spread < CLOUD_WHITENESS * visible) & (index < CLOUD_MAX_NDVI)
 
 
-def forest_pixels(reflectance: dict[str, np.ndarray]) -> np.ndarray:
-    """bool ``(H, W)``: leaf-off forest, vegetated and dark in SWIR2 (see the module docstring)."""
-    index = ndvi(reflectance)
+def forest_pixels(reflectance: dict[str, np.ndarray], index: Optional[np.ndarray] = None,
+                  wet: Optional[np.ndarray] = None) -> np.ndarray:
+    """bool ``(H, W)``: leaf-off forest, vegetated and dark in SWIR2 (see the module docstring). ``index`` and
+    ``wet``: the NDVI and :func:`water_pixels`, when the caller has them."""
+    index = ndvi(reflectance) if index is None else index
+    wet = water_pixels(reflectance) if wet is None else wet
     vegetated = (index >= FOREST_NDVI_MIN) & (index < FOREST_NDVI_MAX)
-    return vegetated & (reflectance["swir22"] < FOREST_SWIR22_MAX) & ~water_pixels(reflectance)
+    return vegetated & (reflectance["swir22"] < FOREST_SWIR22_MAX) & ~wet
 
 
-def in_leaf(reflectance: dict[str, np.ndarray], valid: np.ndarray) -> bool:
-    """Whether most vegetated land pixels of ``valid`` are in full leaf (the season guard, see LEAF_ON_MAJORITY)."""
-    index = ndvi(reflectance)
-    vegetated = valid & (index >= FOREST_NDVI_MIN) & ~water_pixels(reflectance)
+def in_leaf(index: np.ndarray, land: np.ndarray) -> bool:
+    """Whether most vegetated pixels of ``land`` (bool: valid, not water) are in full leaf by their NDVI ``index``
+    (the season guard, see LEAF_ON_MAJORITY)."""
+    vegetated = land & (index >= FOREST_NDVI_MIN)
     n = int(vegetated.sum())
     return n > 0 and int((vegetated & (index >= FOREST_NDVI_MAX)).sum()) >= LEAF_ON_MAJORITY * n
 
@@ -145,14 +150,16 @@ def cell_evidence(reflectance: dict[str, np.ndarray], valid: np.ndarray, stride:
     n = cells(valid)
     nan = np.full(n.shape, np.nan, dtype=np.float32)
     spectral = "nir" in reflectance  # reflectance of R, G, B, NIR: vegetation and cloud tests too
+    wet = water_pixels(reflectance)
+    index = ndvi(reflectance) if spectral else None  # computed once for the vegetation, cloud and forest tests
     with np.errstate(divide="ignore", invalid="ignore"):
-        water = cells(water_pixels(reflectance) & valid) / n
-        veg = cells(np.where(valid, ndvi(reflectance), 0.0)) / n if spectral else nan
-        cloud = cells(cloud_pixels(reflectance) & valid) / n if spectral else nan
+        water = cells(wet & valid) / n
+        veg = cells(np.where(valid, index, 0.0)) / n if spectral else nan
+        cloud = cells(cloud_pixels(reflectance, index) & valid) / n if spectral else nan
         forest = nan
         if spectral and "swir22" in reflectance:  # 0 everywhere in a block in full leaf (the season guard)
-            forest = cells(forest_pixels(reflectance) & valid) / n
-            if in_leaf(reflectance, valid):
+            forest = cells(forest_pixels(reflectance, index, wet) & valid) / n
+            if in_leaf(index, valid & ~wet):
                 forest = np.where(n > 0, 0.0, np.nan)
     return CellEvidence(*(a.astype(np.float32) for a in (water, veg, cloud, forest)))
 
