@@ -27,7 +27,7 @@ from landcover.scenes.export import class_geojson, write_class_geotiff, write_ge
 from landcover.readers.imageio import IMAGE_SUFFIXES, UnsupportedImage, UploadError, UploadTooLarge, is_tiff
 from landcover.scenes.mapping import DEFAULT_MIN_CONFIDENCE, MapOptions, SceneMap, map_scene
 from landcover.readers.raster import Scene, open_scene
-from landcover.scenes.render import render_map_with_legend, render_overlay, scene_note
+from landcover.scenes.render import method_note, render_map_with_legend, render_overlay, scene_note
 
 SCENE_TYPES = [s for s in IMAGE_SUFFIXES if s in (".png", ".jpg", ".jpeg", ".tif", ".tiff")]  # what the tabs open
 STRIDES = [64, 32, 16]
@@ -115,9 +115,8 @@ def map_scene_files(predictor, upload, options: Optional[MapOptions] = None, out
     _warn(result)
     rows, cols = result.grid.shape
     summary = (f"**{Path(path).name}**: {result.width}×{result.height} px, {rows}×{cols} cells of "
-               f"{result.stride} px. Pixel size: {result.pixel_size_source}. Evidence: {result.evidence_note}. "
-               + (f"Adapted: {result.adaptation}. " if result.adaptation else "")
-               + f"{int(result.uncertain.sum())} cells below confidence {result.min_confidence:g} (uncertain). "
+               f"{result.stride} px. Pixel size: {result.pixel_size_source}. {method_note(result)}"
+               f"{int(result.uncertain.sum())} cells below confidence {result.min_confidence:g} (uncertain). "
                + scene_note(result)
                + ("" if scene.georeferenced else " No georeference, so no GeoTIFF/GeoJSON download."))
     return legend_map, overlay, _area_rows(result), summary, [str(f) for f in files]

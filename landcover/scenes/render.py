@@ -167,10 +167,14 @@ def render_map_with_legend(scene_map: SceneMap) -> Image.Image:
     """The PNG written by ``map --out``: class map plus legend with areas and the pixel-size note."""
     rows, cols = scene_map.grid.shape
     note = (f"{rows}x{cols} cells of {scene_map.stride} px, {scene_map.patch_size} px tiles. "
-            f"Evidence: {scene_map.evidence_note}. "
-            + (f"Adapted: {scene_map.adaptation}. " if scene_map.adaptation else "")
-            + f"Pixel size: {scene_map.pixel_size_source}. {scene_note(scene_map)}")
+            f"{method_note(scene_map)}Pixel size: {scene_map.pixel_size_source}. {scene_note(scene_map)}")
     return add_legend(render_map(scene_map), map_legend_entries(scene_map), "Land cover", note)
+
+
+def method_note(scene_map: SceneMap) -> str:
+    """Which evidence decided the classes and how the CNN was adapted, for legends and summaries."""
+    return (f"Evidence: {scene_map.evidence_note}. "
+            + (f"Adapted: {scene_map.adaptation}. " if scene_map.adaptation else ""))
 
 
 def scene_note(scene_map: SceneMap) -> str:
