@@ -341,7 +341,7 @@ def test_cli_map_reports_its_evidence_and_takes_rgb_only(tmp_path):
 
 
 def test_uncertain_cells_are_flagged_everywhere_a_map_goes(predictor, tmp_path):
-    """Cells below --min-confidence: hatched grey, null in the JSON grid, counted apart, code 206 in the GeoTIFF
+    """Cells below --min-confidence: hatched grey, null in the JSON grid, counted apart, code 207 in the GeoTIFF
     with their confidence in band 2; scored as misses."""
     import rasterio
 
@@ -373,8 +373,8 @@ def test_uncertain_cells_are_flagged_everywhere_a_map_goes(predictor, tmp_path):
     export.write_class_geotiff(result, tmp_path / "classes.tif")
     with rasterio.open(tmp_path / "classes.tif") as ds:
         codes, percent = ds.read(1)[::64, ::64], ds.read(2)[::64, ::64]
-        assert json.loads(ds.tags()["mask_codes"])["206"] == "uncertain"
-    np.testing.assert_array_equal(codes == 206, below)
+        assert json.loads(ds.tags()["mask_codes"])["207"] == "uncertain" == mapping.CELL_REASONS[207 - 201]
+    np.testing.assert_array_equal(codes == 207, below)
     np.testing.assert_array_equal(percent, np.rint(conf * 100))
     mapped = np.where(result.classified, reference.map_to_reference(result.labels)[result.grid], -1)
     truth = reference.map_to_reference(result.labels)[classes]
@@ -399,13 +399,51 @@ def test_bright_white_cells_are_flagged_as_cloud_but_keep_their_class(predictor,
     assert result.cloud_flagged.tolist() == [[True, False, False]]
     assert result.classified.all()  # flagged, not masked: the class stays
     data = result.to_json()
-    assert data["cloud_flagged_cells"] == 1 and "brightness-whiteness" in data["evidence"]
+    assert data["cloud_flagged_cells"] == 1 and "whiteness and haze (HOT)" in data["evidence"]
     assert any("cloud/haze suspected" in text for _, text in render.map_legend_entries(result))
     np.testing.assert_allclose(evidence.cloud_pixels({"blue": np.array([0.3, 0.3, 0.1]),
                                                       "green": np.array([0.3, 0.25, 0.1]),
                                                       "red": np.array([0.3, 0.1, 0.1]),
                                                       "nir": np.array([0.3, 0.3, 0.3])}),
                                [True, False, False])  # white and bright / bright but blue / dark
+
+
+def test_snow_is_masked_not_mapped_as_water_and_bright_soil_is_not_cloud(predictor, tmp_path):
+    """Six bands, no SCL: a snow tile (white, bright in NIR, dark at 1.6 um) passes the water test by its NIR and
+    would be mapped a lake; it is masked "snow/ice". A lake (high NDSI too, but dark in red) stays water; bright
+    bare sand (reddish, flat enough for the whiteness test) is not flagged as cloud. SCL's snow class masks alike."""
+    reflectance = {  # B02, B03, B04, B08, B11, B12 per tile: snow, lake, desert sand
+        "snow": (0.80, 0.80, 0.78, 0.70, 0.05, 0.04), "lake": (0.06, 0.05, 0.03, 0.01, 0.005, 0.004),
+        "sand": (0.20, 0.30, 0.40, 0.45, 0.55, 0.50)}
+    stack = np.concatenate([np.broadcast_to(np.array(v)[:, None, None], (6, P, P)) for v in reflectance.values()],
+                           axis=2)
+    path = write_stack(tmp_path / "snow.tif", (stack * 10000).round().astype(np.uint16),
+                       ("B02", "B03", "B04", "B08", "B11", "B12"))
+    with raster.open_scene(path) as scene:
+        result = mapping.map_scene(predictor, scene, min_confidence=0.0)
+        rgb_only = mapping.map_scene(predictor, scene, min_confidence=0.0, evidence="rgb")
+    names = np.array(EUROSAT_CLASSES)
+    assert result.reason[0, 0] == raster.SNOW_CODE and result.to_json()["grid"][0][0] == "masked: snow/ice"
+    assert result.masked_table()["snow/ice"]["cells"] == 1
+    assert names[result.grid[0, 1]] in ("SeaLake", "River") and result.classified[0, 1:].all()
+    assert result.cloud_flagged.tolist() == [[False, False, False]]  # the sand fails the HOT test
+    assert "snow/ice from NDSI" in result.evidence_note
+    assert rgb_only.reason[0, 0] == 0  # a spectral test: not part of --evidence rgb
+    sand = {k: np.array([v]) for k, v in zip(("blue", "green", "red", "nir"), reflectance["sand"])}
+    brightness_and_whiteness_only = (sum(sand[b] for b in ("blue", "green", "red")) / 3 > evidence.CLOUD_BRIGHTNESS)
+    assert brightness_and_whiteness_only.all() and not evidence.cloud_pixels(sand).any()
+    # An L2A band folder: SCL snow (11) is masked with the same reason, in RGB-only maps too.
+    folder = tmp_path / "l2a"
+    folder.mkdir()
+    for name, band in zip(("B02", "B03", "B04"), (stack[:3] * 10000).round().astype(np.uint16)):
+        write_stack(folder / f"{name}.tif", band[None], None)
+    scl = np.full((1, P, 3 * P), 5, dtype=np.uint8)
+    scl[:, :, :P] = 11
+    write_stack(folder / "SCL.tif", scl, None)
+    with raster.open_scene(folder) as scene:
+        for mode in ("auto", "rgb"):
+            masked = mapping.map_scene(predictor, scene, min_confidence=0.0, evidence=mode)
+            assert masked.reason[0].tolist() == [raster.SNOW_CODE, 0, 0]
 
 
 def test_a_scene_in_degrees_gets_geodesic_pixel_sizes_and_is_resampled_to_10_m(tmp_path):

@@ -20,7 +20,8 @@ Radiometry is decided once per scene (:func:`landcover.readers.radiometry.infer_
 the whole scene, never per window, so all tiles share one scaling). Reads return the EuroSAT 8-bit RGB
 and a per-pixel mask code (:data:`MASK_REASONS`): input nodata, and the Sentinel-2 scene classification
 (SCL) classes no-data (0), saturated/defective (1), cloud shadow (3), cloud medium/high probability
-(8, 9) and thin cirrus (10), read at the target grid with nearest resampling.
+(8, 9), thin cirrus (10) and snow/ice (11; EuroSAT has no snow class), read at the target grid with nearest
+resampling. (Scenes without SCL get a spectral snow test in :mod:`landcover.scenes.evidence`.)
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ from landcover.readers.radiometry import (Radiometry, choose_rgb_bands, choose_s
 RESAMPLE_TOLERANCE = 0.1  # pixel sizes within 10 % of 10 m are used as they are
 SAMPLE_PX = 1024  # longest side of the decimated read the scaling is inferred from
 # Mask codes (uint8) of read(): 0 = valid; then why a pixel is not classified.
-MASK_REASONS = ("no data", "saturated/defective", "cloud shadow", "cloud", "thin cirrus")
-SCL_TO_REASON = {0: 1, 1: 2, 3: 3, 8: 4, 9: 4, 10: 5}  # SCL class -> mask code
+MASK_REASONS = ("no data", "saturated/defective", "cloud shadow", "cloud", "thin cirrus", "snow/ice")
+SNOW_CODE = MASK_REASONS.index("snow/ice") + 1
+SCL_TO_REASON = {0: 1, 1: 2, 3: 3, 8: 4, 9: 4, 10: 5, 11: SNOW_CODE}  # SCL class -> mask code
 _SCL_LUT = np.zeros(256, dtype=np.uint8)  # the same as a lookup table over every uint8 SCL value
 for _cls, _reason in SCL_TO_REASON.items():
     _SCL_LUT[_cls] = _reason

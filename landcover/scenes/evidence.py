@@ -21,11 +21,17 @@ and open water is the one class that physics separates cleanly:
   crops are dark in SWIR2 too), where the CNN sees forests as it was trained to; and in a read block where most
   vegetation is in full leaf (the growing season, ``LEAF_ON_MAJORITY``) the test is off altogether, since the
   vegetated pixels left below the ceiling are then partly covered crops and grass.
-* **Cloud and haze** (per pixel, for products without an SCL layer): bright and white. The mean visible
-  reflectance (B02, B03, B04) is above ``CLOUD_BRIGHTNESS`` and the visible spectrum is flat: Fmask's whiteness
-  sum(|band - mean|) / mean below ``CLOUD_WHITENESS`` (Zhu & Woodcock 2012), and not vegetation (NDVI below
-  ``CLOUD_MAX_NDVI``, Fmask's basic test). Cells at least half such pixels are flagged (``cloud`` layer, counted in
-  the JSON and the legend) but keep their class.
+* **Cloud and haze** (per pixel, for products without an SCL layer, whose Sen2Cor cloud classes are masked
+  instead): bright, white and hazy. The mean visible reflectance (B02, B03, B04) is above ``CLOUD_BRIGHTNESS``, the
+  visible spectrum is flat: Fmask's whiteness sum(|band - mean|) / mean below ``CLOUD_WHITENESS`` (Zhu & Woodcock
+  2012), it is not vegetation (NDVI below ``CLOUD_MAX_NDVI``, Fmask's basic test), and blue outweighs red as haze
+  and cloud make it: Fmask's haze-optimised transformation test B02 - 0.5 B04 > ``CLOUD_HOT`` (Zhang, Guindon &
+  Cihlar 2002), which bright soil, sand and desert fail (their red exceeds their blue). Cells at least half such
+  pixels are flagged (``cloud`` layer, counted in the JSON and the legend) but keep their class.
+* **Snow and ice** (per pixel, needs SWIR1 B11): NDSI = (G - SWIR1) / (G + SWIR1) above ``SNOW_NDSI`` and red above
+  ``SNOW_RED``. Snow is white in the visible and dark at 1.6 um; water shares its high NDSI (NDSI is MNDWI) and
+  passes the water test, but is dark in red. EuroSAT has no snow class, so snow pixels are masked like clouds
+  (reason ``snow/ice``), which also keeps them out of the water share; SCL's snow class (11) is masked the same way.
 
 Fusion (:func:`fuse`), per cell of ``stride`` px, with ``w`` the share of its valid pixels that are water:
 
@@ -59,6 +65,16 @@ EVIDENCE_MODES = ("auto", "rgb")
 CLOUD_BRIGHTNESS = 0.18
 CLOUD_WHITENESS = 0.7
 CLOUD_MAX_NDVI = 0.8
+# HOT test threshold: Fmask's (Zhu & Woodcock 2012, after Zhang et al. 2002). On the development scene it keeps 99 %
+# of the bright, white pixels (its hazy winter air is bluish everywhere); on the 100 m L2A fixture of the Moroccan
+# desert it removes every bare-soil pixel the brightness and whiteness tests took (29 % of the scene) and keeps
+# 97 % of SCL's high-probability cloud.
+CLOUD_HOT = 0.08
+# Snow test: the first pass of the Theia snow product (LIS; Gascoin et al. 2019: NDSI > 0.4 and red > 0.2), whose
+# NDSI threshold is the MODIS snow algorithm's (Hall et al. 1995). Not fitted here: 0.016 % of the development
+# scene's pixels pass (in no cell more than half), and no snowy scene with a reference is at hand.
+SNOW_NDSI = 0.4
+SNOW_RED = 0.2
 CLOUD_MAJORITY = 0.5  # a cell at least half cloud pixels is flagged
 # Leaf-off forest test, set on the development scene (Brandenburg L1C, February; stride-16 cells scored against
 # OSM, bench/real_scenes.py): B12 < 0.09 maps 42 of its 81 forest cells Forest at the cost of 3 of 584 field cells
@@ -113,7 +129,16 @@ def cloud_pixels(reflectance: dict[str, np.ndarray], index: Optional[np.ndarray]
     index = ndvi(reflectance) if index is None else index
     visible = (reflectance["blue"] + reflectance["green"] + reflectance["red"]) / 3
     spread = sum(np.abs(reflectance[b] - visible) for b in ("blue", "green", "red"))
-    return (visible > CLOUD_BRIGHTNESS) & (spread < CLOUD_WHITENESS * visible) & (index < CLOUD_MAX_NDVI)
+    hazy = reflectance["blue"] - 0.5 * reflectance["red"] > CLOUD_HOT
+    return (visible > CLOUD_BRIGHTNESS) & (spread < CLOUD_WHITENESS * visible) & (index < CLOUD_MAX_NDVI) & hazy
+
+
+def snow_pixels(reflectance: dict[str, np.ndarray]) -> Optional[np.ndarray]:
+    """bool ``(H, W)``: snow or ice by NDSI and red (see the module docstring); None without SWIR1 (B11)."""
+    if "swir16" not in reflectance:
+        return None
+    green, swir = reflectance["green"], reflectance["swir16"]
+    return (green - swir > SNOW_NDSI * (green + swir)) & (reflectance["red"] > SNOW_RED)
 
 
 def forest_pixels(reflectance: dict[str, np.ndarray], index: Optional[np.ndarray] = None,
@@ -155,7 +180,8 @@ def cell_evidence(reflectance: dict[str, np.ndarray], valid: np.ndarray, stride:
     with np.errstate(divide="ignore", invalid="ignore"):
         water = cells(wet & valid) / n
         veg = cells(np.where(valid, index, 0.0)) / n if spectral else nan
-        cloud = cells(cloud_pixels(reflectance, index) & valid) / n if spectral else nan
+        tested = spectral and "scl" not in reflectance  # with SCL, its cloud classes are masked instead
+        cloud = cells(cloud_pixels(reflectance, index) & valid) / n if tested else nan
         forest = nan
         if spectral and "swir22" in reflectance:  # 0 everywhere in a block in full leaf (the season guard)
             forest = cells(forest_pixels(reflectance, index, wet) & valid) / n
@@ -229,10 +255,12 @@ def evidence_note(names: Optional[Sequence[str]], scl: bool, used: bool = True) 
         if "nir" in names and "swir22" in names:
             parts.append("leaf-off forest from NDVI and SWIR2 (bands red, nir, swir22; off where most vegetation "
                          "is in full leaf)")
+        if "swir16" in names:
+            parts.append("snow/ice from NDSI masked (bands green, red, swir16)")
     if used and scl:
         parts.append("water from the SCL water class")
     if scl:
         parts.append("SCL masks")
     elif used and names:
-        parts.append("cloud/haze flagged by a brightness-whiteness test")
+        parts.append("cloud/haze flagged by a brightness, whiteness and haze (HOT) test")
     return "; ".join(parts)

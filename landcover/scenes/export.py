@@ -3,8 +3,8 @@
 Class raster, band 1: class index ``0 .. C-1``; ``255`` = nodata (edge not covered by a whole tile, or
 input no-data); ``MASK_CODE_BASE + k`` for cells left out for reason ``k`` of
 :data:`landcover.scenes.mapping.CELL_REASONS` (202 saturated/defective, 203 cloud shadow, 204 cloud, 205 thin
-cirrus, 206 uncertain). The tag ``classes`` lists the labels, ``mask_codes`` those values, ``evidence`` what decided
-the classes. Band 2: the top-1 probability in percent (255 where masked).
+cirrus, 206 snow/ice, 207 uncertain). The tag ``classes`` lists the labels, ``mask_codes`` those values,
+``evidence`` what decided the classes. Band 2: the top-1 probability in percent (255 where masked).
 
 GeoJSON: one polygon (with holes) per connected region of equal value on the cell grid
 (``rasterio.features.shapes``), coordinates in the scene's CRS, named in the legacy ``crs`` member

@@ -9,7 +9,8 @@ Conventions (documented once, used everywhere):
 * **Edges.** Only whole tiles are classified; the last ``< stride`` px at the bottom/right edge (if any)
   are "not classified", drawn white, written as nodata (255) and left out of the area table.
 * **Masks.** A cell more than ``max_masked`` (default half) covered by masked pixels (input nodata; SCL
-  no-data, saturated/defective, cloud shadow, cloud, thin cirrus: see :mod:`landcover.readers.raster`) is not
+  no-data, saturated/defective, cloud shadow, cloud, thin cirrus, snow/ice: see :mod:`landcover.readers.raster`;
+  snow/ice by its spectrum too where the scene has SWIR1, see :mod:`landcover.scenes.evidence`) is not
   classified: it is counted under its majority mask reason, apart from the classes. Tiles whose cells
   are all masked are not even run through the model.
 * **Areas.** Pixel area comes from the scene's grid (after resampling to 10 m, see
@@ -30,9 +31,9 @@ from typing import TYPE_CHECKING, Iterator, Optional
 import numpy as np
 
 from landcover.core.labels import PATCH_SIZE_PX
-from landcover.readers.raster import MASK_REASONS, Scene
+from landcover.readers.raster import MASK_REASONS, SNOW_CODE, Scene
 from landcover.scenes.evidence import (CLOUD_MAJORITY, EVIDENCE_MODES, WATER_TRACE, CellEvidence, cell_evidence,
-                                      evidence_note, fuse)
+                                      evidence_note, fuse, snow_pixels)
 
 if TYPE_CHECKING:
     from landcover.inference.predictor import Predictor
@@ -117,6 +118,9 @@ def iter_blocks(scene: Scene, stride: int, patch: int = PATCH_SIZE_PX, block_px:
         top, height = i0 * stride, (n - 1) * stride + patch
         width = (cols - 1) * stride + patch
         rgb, code, reflectance = scene.read_block(top, 0, height, width)
+        snow = snow_pixels(reflectance) if evidence and reflectance is not None else None
+        if snow is not None:  # masked like SCL's snow class (EuroSAT has no snow class)
+            code = np.where((code == 0) & snow, SNOW_CODE, code).astype(np.uint8)
         view = np.lib.stride_tricks.sliding_window_view(rgb, (patch, patch), axis=(1, 2))[:, ::stride, ::stride]
         tiles = view.transpose(1, 2, 0, 3, 4)  # (n, cols, 3, patch, patch)
         last = i0 + n == rows

@@ -442,7 +442,7 @@ def _mosaic(paths: list[Path], grid: dict, n_labels: int) -> tuple[np.ndarray, n
                 reproject(rasterio.band(ds, band), warped[band - 1], dst_transform=grid["transform"],
                           dst_crs=grid["crs"], dst_nodata=NODATA, resampling=Resampling.nearest)
         cls, conf = warped
-        valid = cls < n_labels  # masked (2xx), uncertain (206) and nodata (255) carry no class
+        valid = cls < n_labels  # masked (2xx), uncertain (207) and nodata (255) carry no class
         score = np.where(valid, conf.astype(np.int16), -1)
         take = score > best
         classes[take], confidence[take], best[take] = cls[take], conf[take], score[take]

@@ -18,7 +18,8 @@ from landcover.readers.raster import Scene
 
 UNCLASSIFIED_COLOUR = (255, 255, 255)
 MASK_COLOURS = {"no data": (245, 245, 245), "saturated/defective": (255, 0, 255), "cloud shadow": (70, 70, 70),
-                "cloud": (200, 200, 200), "thin cirrus": (175, 215, 250), "uncertain": (150, 150, 150)}
+                "cloud": (200, 200, 200), "thin cirrus": (175, 215, 250), "snow/ice": (150, 230, 230),
+                "uncertain": (150, 150, 150)}
 HATCH_COLOUR = (110, 110, 110)  # diagonal lines over uncertain cells
 HATCH_PERIOD = 6  # display pixels between hatch lines
 MAX_RENDER_PX = 2048  # longest side of rendered maps (large scenes are downsampled for display)
