@@ -206,6 +206,36 @@ def test_leaf_off_forest_test_is_off_where_most_vegetation_is_in_full_leaf(predi
     assert evidence.in_leaf(evidence.ndvi({"red": red, "nir": red * 5.0}), np.ones(red.shape, dtype=bool))
 
 
+def test_the_season_guard_is_decided_once_per_scene_so_row_parts_equal_one_pass(predictor, tmp_path):
+    """A scene of two read blocks: the top one leaf-off woods (NDVI 1/3, dark at 2.2 um) but for one tile row in
+    full leaf, the bottom one in full leaf. 53 % of the scene's vegetation is in leaf: the test is off for the whole
+    scene, though the top block alone would have it on; mapped in two row parts, the map equals one pass."""
+    herb = EUROSAT_CLASSES.index("HerbaceousVegetation")
+    rng = np.random.default_rng(0)
+    rows = 2 * mapping.BLOCK_PX // P  # tile rows: two read blocks of 16 at stride 64
+    rgb = np.concatenate([class_patch(herb, rng) for _ in range(rows)], axis=0).astype(np.float64) / 255 * WHITE + 100
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    leaf_on = np.repeat(np.arange(rows) >= rows // 2 - 1, P)[:, None]  # the top block's last tile row, and below
+    nir = red * np.where(leaf_on, 5.0, 2.0)  # NDVI 2/3 or 1/3
+    swir16 = np.full(red.shape, 4000.0)  # no pixel is water
+    swir22 = np.where(leaf_on, 2000.0, 500.0) * np.ones(red.shape)
+    stack = np.stack([blue, green, red, nir, swir16, swir22]).round().astype(np.uint16)
+    path = write_stack(tmp_path / "two_blocks.tif", stack, ("B02", "B03", "B04", "B08", "B11", "B12"))
+    with raster.open_scene(path) as scene:
+        options = mapping.MapOptions(progress=False)
+        one_pass = mapping.map_scene(predictor, scene, options)
+        parts = [mapping.accumulate_tiles(predictor, scene, options, r) for r in ((0, 8), (8, rows))]
+        in_parts = mapping.assemble_map(scene, predictor.labels, options, parts)
+        top = next(mapping.iter_blocks(scene, P, evidence=True))  # the top block deciding alone
+        assert mapping.season_guard(scene) is True
+    assert np.nanmax(top.evidence.forest) == 1.0  # would have found its woods
+    assert np.nanmax(one_pass.evidence["forest"]) == 0.0
+    assert "leaf-off forest test off" in one_pass.evidence_note
+    np.testing.assert_array_equal(in_parts.evidence["forest"], one_pass.evidence["forest"])
+    np.testing.assert_array_equal(in_parts.grid, one_pass.grid)
+    np.testing.assert_allclose(in_parts.probs, one_pass.probs, atol=1e-6)  # batches differ: float rounding only
+
+
 def test_water_that_rgb_calls_forest_is_mapped_water_when_nir_says_so(predictor, tmp_path):
     """Forest-looking tiles over water (NIR below green) become water; water-looking tiles over land stop being
     water. RGB-only maps of the same file are the CNN's alone."""

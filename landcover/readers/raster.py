@@ -244,6 +244,19 @@ class Scene:
         """Whether the scene yields reflectance of NIR (and maybe SWIR) beside R, G, B."""
         return self.spectral is not None and self.radiometry.scaling.has_reflectance
 
+    def sample_reflectance(self) -> Optional[tuple[dict[str, np.ndarray], np.ndarray]]:
+        """``(reflectance per band name, bool valid)`` of the whole scene on a decimated grid (longest side
+        ``SAMPLE_PX``, nearest), for decisions taken once per scene; None when it has no spectral reflectance."""
+        if not self.has_spectral:
+            return None
+        shape = _sample_shape(self.grid)
+        raw = self.bands.read_decimated(*shape, average=False)
+        extra = self.spectral.read_decimated(*shape, average=False)
+        scaling = self.radiometry.scaling
+        reflectance = dict(zip(("red", "green", "blue"), scaling.reflectance(raw)))
+        reflectance.update(zip(self.spectral_names, scaling.reflectance(extra)))
+        return reflectance, valid_mask(raw, self.bands.nodata) & valid_mask(extra, self.bands.nodata)
+
     @property
     def height(self) -> int:
         return self.grid.height

@@ -18,9 +18,10 @@ and open water is the one class that physics separates cleanly:
   in SWIR2 while bare or stubble fields, dry grass and roofs are bright there; and at 2.2 um haze and low sun
   barely change top-of-atmosphere reflectance, unlike the visible bands, where a hazy winter forest no longer
   looks like EuroSAT's dark summer forests. The NDVI ceiling keeps the test silent on canopies in leaf (green
-  crops are dark in SWIR2 too), where the CNN sees forests as it was trained to; and in a read block where most
-  vegetation is in full leaf (the growing season, ``LEAF_ON_MAJORITY``) the test is off altogether, since the
-  vegetated pixels left below the ceiling are then partly covered crops and grass.
+  crops are dark in SWIR2 too), where the CNN sees forests as it was trained to; and in a scene where most
+  vegetation is in full leaf (the growing season, ``LEAF_ON_MAJORITY``; decided once per scene on a decimated read
+  of it, :func:`scene_in_leaf`) the test is off altogether, since the vegetated pixels left below the ceiling are
+  then partly covered crops and grass.
 * **Cloud and haze** (per pixel, for products without an SCL layer, whose Sen2Cor cloud classes are masked
   instead): bright, white and hazy. The mean visible reflectance (B02, B03, B04) is above ``CLOUD_BRIGHTNESS``, the
   visible spectrum is flat: Fmask's whiteness sum(|band - mean|) / mean below ``CLOUD_WHITENESS`` (Zhu & Woodcock
@@ -87,9 +88,9 @@ CLOUD_MAJORITY = 0.5  # a cell at least half cloud pixels is flagged
 FOREST_SWIR22_MAX = 0.09
 FOREST_NDVI_MIN = 0.15
 FOREST_NDVI_MAX = 0.5
-# Season guard of the leaf-off forest test: in a read block where at least this share of the vegetated land pixels
+# Season guard of the leaf-off forest test: in a scene where at least this share of the vegetated land pixels
 # (NDVI >= FOREST_NDVI_MIN) is in full leaf (NDVI >= FOREST_NDVI_MAX), the scene is in its growing season and the
-# test is off for the block: canopies are then in leaf and the CNN sees them as it was trained to, while the
+# test is off for the scene: canopies are then in leaf and the CNN sees them as it was trained to, while the
 # vegetated pixels left below the ceiling are partly covered crops and grass, which can be dark in SWIR2 too. On the
 # development scene (February) 0.08 % of the vegetated pixels are in full leaf. A majority rule, not fitted: no
 # growing-season scene with a reference is at hand.
@@ -159,14 +160,23 @@ def in_leaf(index: np.ndarray, land: np.ndarray) -> bool:
     return n > 0 and int((vegetated & (index >= FOREST_NDVI_MAX)).sum()) >= LEAF_ON_MAJORITY * n
 
 
+def scene_in_leaf(reflectance: dict[str, np.ndarray], valid: np.ndarray) -> bool:
+    """The season guard for a whole scene, from a decimated read of it (``Scene.sample_reflectance``): one decision
+    for every block and row part, so that a scene mapped in parts equals its map in one pass."""
+    return in_leaf(ndvi(reflectance), valid & ~water_pixels(reflectance))
+
+
 def ndvi(reflectance: dict[str, np.ndarray]) -> np.ndarray:
     red, nir = reflectance["red"], reflectance["nir"]
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(nir + red > 0, (nir - red) / (nir + red), 0.0).astype(np.float32)
 
 
-def cell_evidence(reflectance: dict[str, np.ndarray], valid: np.ndarray, stride: int) -> CellEvidence:
-    """Evidence of every whole ``stride`` x ``stride`` cell of a block (``valid``: bool pixels to count)."""
+def cell_evidence(reflectance: dict[str, np.ndarray], valid: np.ndarray, stride: int,
+                  leaf_on: Optional[bool] = None) -> CellEvidence:
+    """Evidence of every whole ``stride`` x ``stride`` cell of a block (``valid``: bool pixels to count).
+
+    ``leaf_on``: the scene's season guard (:func:`scene_in_leaf`); None decides it on this block alone."""
     h, w = valid.shape[0] // stride, valid.shape[1] // stride
 
     def cells(a: np.ndarray) -> np.ndarray:
@@ -183,9 +193,9 @@ def cell_evidence(reflectance: dict[str, np.ndarray], valid: np.ndarray, stride:
         tested = spectral and "scl" not in reflectance  # with SCL, its cloud classes are masked instead
         cloud = cells(cloud_pixels(reflectance, index) & valid) / n if tested else nan
         forest = nan
-        if spectral and "swir22" in reflectance:  # 0 everywhere in a block in full leaf (the season guard)
+        if spectral and "swir22" in reflectance:  # 0 everywhere in a scene in full leaf (the season guard)
             forest = cells(forest_pixels(reflectance, index, wet) & valid) / n
-            if in_leaf(index, valid & ~wet):
+            if in_leaf(index, valid & ~wet) if leaf_on is None else leaf_on:
                 forest = np.where(n > 0, 0.0, np.nan)
     return CellEvidence(*(a.astype(np.float32) for a in (water, veg, cloud, forest)))
 
@@ -242,17 +252,20 @@ def _fuse_water(probs: np.ndarray, labels: Sequence[str], water: np.ndarray, maj
     return out.astype(np.float32)
 
 
-def evidence_note(names: Optional[Sequence[str]], scl: bool, used: bool = True) -> str:
+def evidence_note(names: Optional[Sequence[str]], scl: bool, used: bool = True, leaf_on: Optional[bool] = None
+                  ) -> str:
     """One line for the legend, the JSON and the GeoTIFF tags: which evidence the map used.
 
     ``names``: the spectral bands read (beside R, G, B); ``scl``: the scene has an SCL layer; ``used``: the
-    evidence was fused (False with ``--evidence rgb``).
+    evidence was fused (False with ``--evidence rgb``); ``leaf_on``: the scene's season guard, when decided.
     """
     parts = ["CNN on RGB"]
     if used and names:
         index = "NDWI and MNDWI" if "swir16" in names else "NDWI"
         parts.append(f"water from {index} (bands {', '.join(['green', *(n for n in names if n != 'swir22')])})")
-        if "nir" in names and "swir22" in names:
+        if "nir" in names and "swir22" in names and leaf_on:
+            parts.append("leaf-off forest test off (most vegetation of the scene is in full leaf)")
+        elif "nir" in names and "swir22" in names:
             parts.append("leaf-off forest from NDVI and SWIR2 (bands red, nir, swir22; off where most vegetation "
                          "is in full leaf)")
         if "swir16" in names:

@@ -33,7 +33,7 @@ import numpy as np
 from landcover.core.labels import PATCH_SIZE_PX
 from landcover.readers.raster import MASK_REASONS, SNOW_CODE, Scene
 from landcover.scenes.evidence import (CLOUD_MAJORITY, EVIDENCE_MODES, WATER_TRACE, CellEvidence, cell_evidence,
-                                      evidence_note, fuse, snow_pixels)
+                                      evidence_note, fuse, scene_in_leaf, snow_pixels)
 
 if TYPE_CHECKING:
     from landcover.inference.predictor import Predictor
@@ -103,10 +103,11 @@ class Block:
 
 def iter_blocks(scene: Scene, stride: int, patch: int = PATCH_SIZE_PX, block_px: int = BLOCK_PX,
                 max_masked: float = MAX_MASKED, evidence: bool = False,
-                tile_rows: Optional[tuple[int, int]] = None) -> Iterator[Block]:
+                tile_rows: Optional[tuple[int, int]] = None, leaf_on: Optional[bool] = None) -> Iterator[Block]:
     """Read the scene in blocks of whole tile rows (full width) and cut them into tiles (no copy).
 
-    ``tile_rows`` ``(r0, r1)`` limits the blocks to those tile rows (default: all of them).
+    ``tile_rows`` ``(r0, r1)`` limits the blocks to those tile rows (default: all of them); ``leaf_on`` is the
+    scene's season guard (:func:`landcover.scenes.evidence.scene_in_leaf`; None: decided per block).
     """
     rows, cols = tile_grid(scene.height, scene.width, patch, stride)
     r0, r1 = tile_rows or (0, rows)
@@ -129,7 +130,7 @@ def iter_blocks(scene: Scene, stride: int, patch: int = PATCH_SIZE_PX, block_px:
         cells = None
         if evidence and reflectance is not None:
             cells = cell_evidence({k: v[:n_cell_rows * stride, :n_cells_c * stride] for k, v in reflectance.items()},
-                                  cell_code == 0, stride)
+                                  cell_code == 0, stride, leaf_on)
         yield Block(i0, tiles, slice(i0, i0 + n_cell_rows), cell_reasons(cell_code, stride, max_masked), cells)
 
 
@@ -296,6 +297,7 @@ class TileSums:
     kept: np.ndarray  # bool (r1 - r0, tile cols): tiles run through the model
     reason: np.ndarray  # uint8 (owned cell rows, cell cols): cell rows r0 .. r1 - 1 (+ the last k - 1 at the bottom)
     layers: dict = field(default_factory=dict)  # EVIDENCE_LAYERS, same rows as ``reason`` (when the scene has them)
+    leaf_on: Optional[bool] = None  # the scene's season guard, when its evidence has SWIR2
 
     @property
     def tiles(self) -> int:
@@ -319,11 +321,12 @@ def accumulate_tiles(predictor: "Predictor", scene: Scene, options: MapOptions,
     use_evidence = options.evidence == "auto" and scene.has_evidence
     layers = {name: np.full((own, cols + k - 1), np.nan, dtype=np.float32) for name in EVIDENCE_LAYERS} \
         if use_evidence else {}
+    leaf_on = season_guard(scene) if use_evidence else None
     kept = np.zeros((r1 - r0, cols), dtype=bool)
     show = options.progress if options.progress is not None else (r1 - r0) * cols > 4 * batch_size
     bar = tqdm(total=(r1 - r0) * cols, unit="tile", desc="mapping", disable=not show, file=sys.stderr)
     for block in iter_blocks(scene, stride, patch, max_masked=options.max_masked, evidence=use_evidence,
-                             tile_rows=(r0, r1)):
+                             tile_rows=(r0, r1), leaf_on=leaf_on):
         local = slice(block.cell_rows.start - r0, block.cell_rows.stop - r0)
         reason[local] = block.cell_reason
         if block.evidence is not None:
@@ -342,7 +345,15 @@ def accumulate_tiles(predictor: "Predictor", scene: Scene, options: MapOptions,
                     acc[:, i0 + bi + di, bj + dj] += probs
         bar.update(n * cols)
     bar.close()
-    return TileSums((r0, r1), acc, kept, reason[:own], layers)
+    return TileSums((r0, r1), acc, kept, reason[:own], layers, leaf_on)
+
+
+def season_guard(scene: Scene) -> Optional[bool]:
+    """Whether most of the scene's vegetation is in full leaf (the leaf-off forest test is then off), decided once
+    per scene; None when the scene has no SWIR2 (no forest test to guard)."""
+    if not scene.has_spectral or "swir22" not in scene.spectral_names:
+        return None
+    return scene_in_leaf(*scene.sample_reflectance())
 
 
 def assemble_map(scene: Scene, labels: list[str], options: MapOptions, parts: list[TileSums]) -> SceneMap:
@@ -376,7 +387,7 @@ def assemble_map(scene: Scene, labels: list[str], options: MapOptions, parts: li
                     scene.grid.pixel_size_source, scene.grid.crs, scene.grid.transform, scene.source,
                     scene.radiometry.band_note, reason, scene.describe(),
                     evidence_note(scene.spectral_names if scene.has_spectral else None, scene.scl is not None,
-                                  use_evidence), layers,
+                                  use_evidence, parts[0].leaf_on), layers,
                     options.min_confidence)
 
 
