@@ -37,12 +37,15 @@ from typing import Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 
-from landcover.core.labels import GROUND_SAMPLING_M
+from landcover.core.labels import GROUND_SAMPLING_M, PATCH_SIZE_PX
 from landcover.readers.imageio import IMAGE_SUFFIXES, file_is_tiff
 from landcover.readers.radiometry import (Radiometry, choose_rgb_bands, choose_spectral_bands, infer_scaling,
                                           valid_mask)
 
 RESAMPLE_TOLERANCE = 0.1  # pixel sizes within 10 % of 10 m are used as they are
+# Pixels coarser than Sentinel-2's 20 m bands (with the same tolerance) carry too little of the 10 m detail the model
+# was trained on for its classes to mean much, resampled or not: such scenes map with a warning.
+COARSE_PIXEL_M = 2 * GROUND_SAMPLING_M * (1 + RESAMPLE_TOLERANCE)
 SAMPLE_PX = 1024  # longest side of the decimated read the scaling is inferred from
 # Mask codes (uint8) of read(): 0 = valid; then why a pixel is not classified.
 MASK_REASONS = ("no data", "saturated/defective", "cloud shadow", "cloud", "thin cirrus", "snow/ice")
@@ -73,6 +76,7 @@ class Grid:
     crs: Optional[object] = None  # rasterio CRS
     transform: Optional[object] = None  # affine.Affine
     resampled: str = ""  # what resampling did, or "" when the native grid is used
+    warning: str = ""  # why maps of this grid deserve caution (pixels far coarser than 10 m), or ""
 
     @property
     def georeferenced(self) -> bool:
@@ -99,7 +103,15 @@ def plan_grid(height: int, width: int, size_m: tuple[float, float], source: str,
               resample: bool = True) -> Grid:
     """The 10 m target grid of a raster of ``height x width`` pixels of ``size_m`` (x, y) metres."""
     mx, my = size_m
-    native = Grid(height, width, mx * my, source, crs, transform)
+    warning = ""
+    if max(mx, my) > COARSE_PIXEL_M:
+        warning = (f"the scene's pixels are {max(mx, my):g} m, {max(mx, my) / GROUND_SAMPLING_M:.0f}x coarser than the "
+                   f"{GROUND_SAMPLING_M:g} m the model was trained on; "
+                   + ("enlarged to 10 m they hold none of that detail" if resample else
+                      f"kept as they are, each {PATCH_SIZE_PX} px tile covers "
+                      f"{PATCH_SIZE_PX * max(mx, my) / 1000:g} km")
+                   + ", so the classes are a coarse guess. Map a 10 m product (Sentinel-2 B02, B03, B04 at 10 m).")
+    native = Grid(height, width, mx * my, source, crs, transform, warning=warning)
     if not resample or (abs(mx / GROUND_SAMPLING_M - 1) <= RESAMPLE_TOLERANCE
                         and abs(my / GROUND_SAMPLING_M - 1) <= RESAMPLE_TOLERANCE):
         return native
@@ -109,7 +121,7 @@ def plan_grid(height: int, width: int, size_m: tuple[float, float], source: str,
     how = "average" if new_w < width else "bilinear"
     note = (f"resampled from {mx:g} x {my:g} m/px ({width}x{height} px) to {GROUND_SAMPLING_M:g} m/px "
             f"({new_w}x{new_h} px, {how})")
-    return Grid(new_h, new_w, area, f"{source}; {note}", crs, new_transform, note)
+    return Grid(new_h, new_w, area, f"{source}; {note}", crs, new_transform, note, warning)
 
 
 # ---------------------------------------------------------------- band readers
@@ -271,7 +283,7 @@ class Scene:
 
     @property
     def warnings(self) -> tuple[str, ...]:
-        return self.radiometry.warnings
+        return tuple(self.radiometry.warnings) + ((self.grid.warning,) if self.grid.warning else ())
 
     def read(self, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """``(uint8 RGB (3, h, w), uint8 mask code (h, w))`` at ``(row, col)``; code 0 = valid."""
