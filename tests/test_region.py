@@ -79,6 +79,8 @@ def test_region_maps_two_utm_zones_into_one_mosaic_reports_failures_and_resumes(
     assert total == pytest.approx(sum(per_scene), rel=0.03)
     footprints = json.loads((out / "scenes.geojson").read_text())["features"]
     assert [f["properties"]["status"] for f in footprints] == ["done", "failed", "done"]
+    summaries = [json.loads(f.read_text()) for f in sorted((out / "scenes").glob("*/summary.json"))]
+    assert len(summaries) == 2 and all(s["warnings"] == [] and s["masked_km2"] == {} for s in summaries)
     lon, lat = np.array(footprints[2]["geometry"]["coordinates"][0]).T
     assert 12.0 < lon.min() < 12.1 and 49.9 < lat.min() < 50.1  # WGS 84
     assert (out / "overview.png").stat().st_size > 1000

@@ -173,6 +173,8 @@ def _write_scene(result, ref: str, tmp: Path, target: Path, seconds: float) -> d
                "labels": result.labels, "evidence": result.evidence_note,
                "areas_km2": {k: round(v["km2"], 6) for k, v in result.area_table().items()},
                "uncertain_km2": round(int(result.uncertain.sum()) * result.cell_area_km2, 6),
+               "masked_km2": {k: round(v["km2"], 6) for k, v in result.masked_table().items()},
+               "warnings": list(result.scene_info.get("warnings", [])),
                "tiles": int(np.prod(tile_grid(result.height, result.width, result.patch_size, result.stride))),
                "seconds": round(seconds, 3), "mapped_at": _now()}
     (tmp / SUMMARY).write_text(json.dumps(summary, indent=1))
