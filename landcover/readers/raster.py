@@ -105,7 +105,7 @@ def plan_grid(height: int, width: int, size_m: tuple[float, float], source: str,
     mx, my = size_m
     warning = ""
     if max(mx, my) > COARSE_PIXEL_M:
-        warning = (f"the scene's pixels are {max(mx, my):g} m, {max(mx, my) / GROUND_SAMPLING_M:.0f}x coarser than the "
+        warning = (f"the scene's pixels are {max(mx, my):g} m, {max(mx, my) / GROUND_SAMPLING_M:.3g}x coarser than the "
                    f"{GROUND_SAMPLING_M:g} m the model was trained on; "
                    + ("enlarged to 10 m they hold none of that detail" if resample else
                       f"kept as they are, each {PATCH_SIZE_PX} px tile covers "
