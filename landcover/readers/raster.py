@@ -264,10 +264,14 @@ class Scene:
         shape = _sample_shape(self.grid)
         raw = self.bands.read_decimated(*shape, average=False)
         extra = self.spectral.read_decimated(*shape, average=False)
+        return self._reflectance(raw, extra), valid_mask(raw, self.bands.nodata) & valid_mask(extra, self.bands.nodata)
+
+    def _reflectance(self, raw: np.ndarray, extra: np.ndarray) -> dict[str, np.ndarray]:
+        """float32 reflectance per band name of raw R, G, B and the raw spectral bands (one scaling for all)."""
         scaling = self.radiometry.scaling
         reflectance = dict(zip(("red", "green", "blue"), scaling.reflectance(raw)))
         reflectance.update(zip(self.spectral_names, scaling.reflectance(extra)))
-        return reflectance, valid_mask(raw, self.bands.nodata) & valid_mask(extra, self.bands.nodata)
+        return reflectance
 
     @property
     def height(self) -> int:
@@ -298,10 +302,7 @@ class Scene:
         raw = self.bands.read(row, col, height, width)
         reflectance = None
         if self.has_spectral:
-            scaling = self.radiometry.scaling
-            extra = self.spectral.read(row, col, height, width)
-            reflectance = dict(zip(("red", "green", "blue"), scaling.reflectance(raw)))
-            reflectance.update(zip(self.spectral_names, scaling.reflectance(extra)))
+            reflectance = self._reflectance(raw, self.spectral.read(row, col, height, width))
         rgb = self.radiometry.scaling.apply(raw)
         code = np.zeros(raw.shape[1:], dtype=np.uint8)
         if self.bands.nodata is not None or np.issubdtype(raw.dtype, np.floating):
