@@ -126,3 +126,24 @@ def test_statistics_tiles_include_those_on_block_boundaries(tmp_path):
         assert len(tiles) == expected
         first_rgb = scene.read(0, 0, P, P)[0]
     np.testing.assert_array_equal(tiles[0], first_rgb)
+
+
+def test_statistics_leave_snow_out(tmp_path):
+    """Snow is masked in the maps (no EuroSAT class): the statistics pass leaves its tiles out too. A 6-band scene of
+    a snow tile, a lake and bare sand, at stride 32: of the 5 tiles, the 2 touching the snow are not used."""
+    import rasterio
+
+    values = ((0.80, 0.80, 0.78, 0.70, 0.05, 0.04), (0.06, 0.05, 0.03, 0.01, 0.005, 0.004),
+              (0.20, 0.30, 0.40, 0.45, 0.55, 0.50))  # B02, B03, B04, B08, B11, B12 per tile
+    stack = np.concatenate([np.broadcast_to(np.array(v)[:, None, None], (6, P, P)) for v in values], axis=2)
+    path = tmp_path / "snow.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=P, width=3 * P, count=6, dtype="uint16", crs="EPSG:32633",
+                       transform=TEN_M) as dst:
+        dst.write((stack * 10000).round().astype(np.uint16))
+        for i, name in enumerate(("B02", "B03", "B04", "B08", "B11", "B12"), start=1):
+            dst.set_band_description(i, name)
+    with raster.open_scene(path) as scene:
+        assert np.prod(mapping.tile_grid(scene.height, scene.width, P, adaptation.BN_STRIDE)) == 5
+        tiles = np.concatenate(list(adaptation.scene_tiles(scene)))
+        np.testing.assert_array_equal(tiles[0], scene.read(0, 2 * adaptation.BN_STRIDE, P, P)[0])
+    assert len(tiles) == 3

@@ -46,12 +46,13 @@ def _norms(model: torch.nn.Module) -> list[torch.nn.BatchNorm2d]:
 
 def scene_tiles(scene: "Scene", max_tiles: int = BN_MAX_TILES) -> "Iterator[np.ndarray]":
     """uint8 ``(n, 3, 64, 64)`` batches of the scene's unmasked tiles at :data:`BN_STRIDE`, at most ``max_tiles``
-    in all, evenly spread."""
+    in all, evenly spread. Snow counts as masked here too (it is no class the map gives, and would pull the
+    statistics towards white)."""
     rows, cols = tile_grid(scene.height, scene.width, PATCH_SIZE_PX, BN_STRIDE)
     step = max(1, math.ceil(rows * cols / max_tiles))
     k = PATCH_SIZE_PX // BN_STRIDE
     seen = 0
-    for block in iter_blocks(scene, BN_STRIDE, PATCH_SIZE_PX):
+    for block in iter_blocks(scene, BN_STRIDE, PATCH_SIZE_PX, spectral_masks=True):
         n = block.tiles.shape[0]
         # Tiles none of whose cells are masked (cells of the next block's rows are not known yet: counted free).
         ii, jj = np.nonzero(tile_windows(block.cell_reason == 0, n, cols, k).all(axis=(2, 3)))

@@ -103,12 +103,16 @@ class Block:
 
 def iter_blocks(scene: Scene, stride: int, patch: int = PATCH_SIZE_PX, block_px: int = BLOCK_PX,
                 max_masked: float = MAX_MASKED, evidence: bool = False,
-                tile_rows: Optional[tuple[int, int]] = None, leaf_on: Optional[bool] = None) -> Iterator[Block]:
+                tile_rows: Optional[tuple[int, int]] = None, leaf_on: Optional[bool] = None,
+                spectral_masks: Optional[bool] = None) -> Iterator[Block]:
     """Read the scene in blocks of whole tile rows (full width) and cut them into tiles (no copy).
 
-    ``tile_rows`` ``(r0, r1)`` limits the blocks to those tile rows (default: all of them); ``leaf_on`` is the
-    scene's season guard (:func:`landcover.scenes.evidence.scene_in_leaf`; None: decided per block).
+    ``evidence``: also compute each block's cell evidence; ``spectral_masks``: mask snow by its spectrum (default:
+    with ``evidence``). ``tile_rows`` ``(r0, r1)`` limits the blocks to those tile rows (default: all of them);
+    ``leaf_on`` is the scene's season guard (:func:`landcover.scenes.evidence.scene_in_leaf`; None: decided per
+    block).
     """
+    spectral_masks = evidence if spectral_masks is None else spectral_masks
     rows, cols = tile_grid(scene.height, scene.width, patch, stride)
     r0, r1 = tile_rows or (0, rows)
     k = patch // stride
@@ -119,7 +123,7 @@ def iter_blocks(scene: Scene, stride: int, patch: int = PATCH_SIZE_PX, block_px:
         top, height = i0 * stride, (n - 1) * stride + patch
         width = (cols - 1) * stride + patch
         rgb, code, reflectance = scene.read_block(top, 0, height, width)
-        snow = snow_pixels(reflectance) if evidence and reflectance is not None else None
+        snow = snow_pixels(reflectance) if spectral_masks and reflectance is not None else None
         if snow is not None:  # masked like SCL's snow class (EuroSAT has no snow class)
             code = np.where((code == 0) & snow, SNOW_CODE, code).astype(np.uint8)
         view = np.lib.stride_tricks.sliding_window_view(rgb, (patch, patch), axis=(1, 2))[:, ::stride, ::stride]
