@@ -206,10 +206,14 @@ def test_leaf_off_forest_test_is_off_where_most_vegetation_is_in_full_leaf(predi
     assert evidence.in_leaf(evidence.ndvi({"red": red, "nir": red * 5.0}), np.ones(red.shape, dtype=bool))
 
 
-def test_the_season_guard_is_decided_once_per_scene_so_row_parts_equal_one_pass(predictor, tmp_path):
+def test_the_season_guard_is_decided_once_per_scene_so_row_parts_equal_one_pass(predictor, tiny_model_dir, tmp_path,
+                                                                               monkeypatch):
     """A scene of two read blocks: the top one leaf-off woods (NDVI 1/3, dark at 2.2 um) but for one tile row in
     full leaf, the bottom one in full leaf. 53 % of the scene's vegetation is in leaf: the test is off for the whole
-    scene, though the top block alone would have it on; mapped in two row parts, the map equals one pass."""
+    scene, though the top block alone would have it on; mapped in two row parts, the map equals one pass. A region
+    worker that plans the scene in parts decides the guard once and hands it to the parts, which read no sample."""
+    from landcover.scenes import region
+
     herb = EUROSAT_CLASSES.index("HerbaceousVegetation")
     rng = np.random.default_rng(0)
     rows = 2 * mapping.BLOCK_PX // P  # tile rows: two read blocks of 16 at stride 64
@@ -234,6 +238,21 @@ def test_the_season_guard_is_decided_once_per_scene_so_row_parts_equal_one_pass(
     np.testing.assert_array_equal(in_parts.evidence["forest"], one_pass.evidence["forest"])
     np.testing.assert_array_equal(in_parts.grid, one_pass.grid)
     np.testing.assert_allclose(in_parts.probs, one_pass.probs, atol=1e-6)  # batches differ: float rounding only
+
+    mapper = region.SceneMapper(str(tiny_model_dir), "torch", options, {}, part_tiles=8)
+    plan = mapper.start(str(path), str(tmp_path / "region"))
+    assert plan["leaf_on"] is True and plan["parts"] == [[r, r + 8] for r in range(0, rows, 8)]
+
+    def no_second_read(self):
+        raise AssertionError("a part read the scene sample again")
+
+    monkeypatch.setattr(raster.Scene, "sample_reflectance", no_second_read)
+    sums = [mapper.part(str(path), part, plan["leaf_on"]) for part in plan["parts"]]
+    with raster.open_scene(path) as scene:
+        planned = mapping.assemble_map(scene, mapper.predictor.labels, options, sums)
+    assert "leaf-off forest test off" in planned.evidence_note
+    np.testing.assert_array_equal(planned.grid, one_pass.grid)
+    np.testing.assert_allclose(planned.probs, one_pass.probs, atol=1e-5)
 
 
 def test_water_that_rgb_calls_forest_is_mapped_water_when_nir_says_so(predictor, tmp_path):

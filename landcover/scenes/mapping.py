@@ -308,9 +308,16 @@ class TileSums:
         return int(self.kept.size)
 
 
+_DECIDE = "decide"  # accumulate_tiles' default: decide the season guard from the scene itself
+
+
 def accumulate_tiles(predictor: "Predictor", scene: Scene, options: MapOptions,
-                     tile_rows: Optional[tuple[int, int]] = None) -> TileSums:
-    """Classify the tiles of ``tile_rows`` (default: all) and sum their probabilities per cell."""
+                     tile_rows: Optional[tuple[int, int]] = None, leaf_on: "Optional[bool] | str" = _DECIDE
+                     ) -> TileSums:
+    """Classify the tiles of ``tile_rows`` (default: all) and sum their probabilities per cell.
+
+    ``leaf_on``: the scene's season guard when the caller decided it already (:func:`scene_season`; a region
+    decides it once per scene for all of the scene's row parts), else decided here."""
     from tqdm.auto import tqdm
 
     stride, batch_size, patch = options.stride, options.batch_size, PATCH_SIZE_PX
@@ -325,7 +332,7 @@ def accumulate_tiles(predictor: "Predictor", scene: Scene, options: MapOptions,
     use_evidence = options.evidence == "auto" and scene.has_evidence
     layers = {name: np.full((own, cols + k - 1), np.nan, dtype=np.float32) for name in EVIDENCE_LAYERS} \
         if use_evidence else {}
-    leaf_on = season_guard(scene) if use_evidence else None
+    leaf_on = (scene_season(scene, options) if leaf_on == _DECIDE else leaf_on) if use_evidence else None
     kept = np.zeros((r1 - r0, cols), dtype=bool)
     show = options.progress if options.progress is not None else (r1 - r0) * cols > 4 * batch_size
     bar = tqdm(total=(r1 - r0) * cols, unit="tile", desc="mapping", disable=not show, file=sys.stderr)
@@ -350,6 +357,12 @@ def accumulate_tiles(predictor: "Predictor", scene: Scene, options: MapOptions,
         bar.update(n * cols)
     bar.close()
     return TileSums((r0, r1), acc, kept, reason[:own], layers, leaf_on)
+
+
+def scene_season(scene: Scene, options: MapOptions) -> Optional[bool]:
+    """The season guard a map of ``scene`` with ``options`` uses (:func:`season_guard`); None when the map fuses
+    no spectral evidence."""
+    return season_guard(scene) if options.evidence == "auto" and scene.has_evidence else None
 
 
 def season_guard(scene: Scene) -> Optional[bool]:

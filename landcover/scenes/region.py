@@ -125,25 +125,28 @@ class SceneMapper:
 
     def start(self, ref: str, folder: str) -> dict:
         """Map ``ref`` into ``folder`` and return its summary; a scene of more than ``part_tiles`` tiles is not
-        mapped here but planned: ``{"parts": [[r0, r1], ...]}`` (tile rows) for :meth:`part` on every worker."""
-        from landcover.scenes.mapping import map_scene
+        mapped here but planned: ``{"parts": [[r0, r1], ...], "leaf_on": ...}`` (tile rows, and the scene's
+        season guard, decided once here) for :meth:`part` on every worker."""
+        from landcover.scenes.mapping import map_scene, scene_season
 
         began = time.perf_counter()
         with self._open(ref) as scene:
             rows, cols = tile_grid(scene.height, scene.width, PATCH_SIZE_PX, self.options.stride)
             if self.part_tiles and rows * cols > self.part_tiles and rows > 1:
                 step = max(1, self.part_tiles // cols)
-                return {"parts": [[r, min(r + step, rows)] for r in range(0, rows, step)]}
+                return {"parts": [[r, min(r + step, rows)] for r in range(0, rows, step)],
+                        "leaf_on": scene_season(scene, self.options)}
             tmp = _in_flight(Path(folder))
             result = map_scene(self.predictor, scene, self.options)
         return _write_scene(result, ref, tmp, Path(folder), time.perf_counter() - began)
 
-    def part(self, ref: str, rows: tuple[int, int]):
-        """The :class:`~landcover.scenes.mapping.TileSums` of tile rows ``rows`` of ``ref``."""
+    def part(self, ref: str, rows: tuple[int, int], leaf_on: Optional[bool]):
+        """The :class:`~landcover.scenes.mapping.TileSums` of tile rows ``rows`` of ``ref``, under the scene's
+        season guard ``leaf_on`` (from :meth:`start`)."""
         from landcover.scenes.mapping import accumulate_tiles
 
         with self._open(ref) as scene:
-            return accumulate_tiles(self.predictor, scene, self.options, tuple(rows))
+            return accumulate_tiles(self.predictor, scene, self.options, tuple(rows), leaf_on)
 
     def assemble(self, ref: str, folder: str, seconds: float, *parts) -> dict:
         """Write the map of ``ref`` from all its parts (Ray hands them over as values) and return its summary."""
@@ -322,7 +325,7 @@ class _Schedule:
         if kind == "start":
             return worker.start.remote(ref, self.folder(ref))
         if kind == "part":
-            return worker.part.remote(ref, job[2])
+            return worker.part.remote(ref, job[2], job[3])
         split = self.parts[ref]
         return worker.assemble.remote(ref, self.folder(ref), time.perf_counter() - split["began"], *split["done"])
 
@@ -352,7 +355,7 @@ class _Schedule:
         kind, ref = job[0], job[1]
         if kind == "start" and "parts" in value:
             self.parts[ref] = {"began": time.perf_counter(), "done": [], "left": len(value["parts"])}
-            self.jobs.extendleft(reversed([("part", ref, rows) for rows in value["parts"]]))
+            self.jobs.extendleft(reversed([("part", ref, rows, value["leaf_on"]) for rows in value["parts"]]))
             self.part_count += len(value["parts"])
             while self.started < self.size:  # a split scene can keep every worker busy
                 self.idle.append(self.actor.remote(*self.args))
