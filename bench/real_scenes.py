@@ -34,13 +34,11 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from landcover.scenes.reference import (CROSSWALKS, DEFAULT_PURITY, GridSpec, format_score,  # noqa: E402
-                                        map_to_reference, paired_difference, rasterize_reference, reference_cells,
-                                        score_cells)
+                                        paired_difference, rasterize_reference, score_map)
 
 SETTINGS = ("rgb", "bands", "adapted")
 
@@ -84,10 +82,7 @@ def run_one(predictor, scene_path: str, truth_raster, setting: str, args) -> tup
                                                CROSSWALKS[args.crosswalk], args.field)
         result = map_scene(predictor, scene, options)
     seconds = time.perf_counter() - start
-    rows, cols = result.grid.shape
-    truth = reference_cells(truth_raster, result.stride, rows, cols, args.purity)
-    mapped = np.where(result.classified, map_to_reference(result.labels)[result.grid], -1)
-    score = score_cells(mapped, truth)
+    mapped, truth, score = score_map(result, truth_raster, args.purity)
     figures = {**score.to_json(), "evidence": result.evidence_note, "seconds": round(seconds, 1)}
     return figures, truth_raster, score, (mapped, truth)
 

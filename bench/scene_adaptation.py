@@ -35,8 +35,8 @@ from landcover.readers.imageio import open_image_file  # noqa: E402
 from landcover.readers.raster import open_scene  # noqa: E402
 from landcover.scenes.adaptation import adapt_to_scene  # noqa: E402
 from landcover.scenes.mapping import MapOptions, map_scene  # noqa: E402
-from landcover.scenes.reference import (CROSSWALKS, GridSpec, format_score, map_to_reference,  # noqa: E402
-                                        paired_difference, rasterize_reference, reference_cells, score_cells)
+from landcover.scenes.reference import (CROSSWALKS, GridSpec, format_score, paired_difference,  # noqa: E402
+                                        rasterize_reference, score_map)
 
 PERCENTILES = (1, 99)
 
@@ -130,12 +130,8 @@ def eurosat_cost(predictor, data: str, blends) -> dict[str, float]:
     return out
 
 
-def score_map(predictor, scene, stride: int, truth_raster):
-    result = map_scene(predictor, scene, MapOptions(stride=stride, progress=False))
-    rows, cols = result.grid.shape
-    truth = reference_cells(truth_raster, stride, rows, cols)
-    mapped = np.where(result.classified, map_to_reference(result.labels)[result.grid], -1)
-    return mapped, truth, score_cells(mapped, truth)
+def map_and_score(predictor, scene, stride: int, truth_raster):
+    return score_map(map_scene(predictor, scene, MapOptions(stride=stride, progress=False)), truth_raster)
 
 
 def main(argv=None) -> int:
@@ -149,13 +145,14 @@ def main(argv=None) -> int:
     print(f"1st / 99th percentile R, G, B: scene {scene_p.round(0).tolist()}, EuroSAT {target_p.round(0).tolist()}")
     runs = {}
     with open_scene(args.scene) as scene:
-        runs["none"] = score_map(base, scene, args.stride, truth_raster)
+        runs["none"] = map_and_score(base, scene, args.stride, truth_raster)
     for blend in args.blends:
         with open_scene(args.scene) as scene:
-            runs[f"adabn-{blend:g}"] = score_map(adapt_to_scene(base, scene, blend), scene, args.stride, truth_raster)
+            runs[f"adabn-{blend:g}"] = map_and_score(adapt_to_scene(base, scene, blend), scene, args.stride,
+                                                     truth_raster)
     for name, stretch in (("dos", False), ("stretch", True)):
         with open_scene(args.scene) as scene:
-            runs[name] = score_map(base, with_colours(scene, colour_lut(scene_p, target_p, stretch)), args.stride,
+            runs[name] = map_and_score(base, with_colours(scene, colour_lut(scene_p, target_p, stretch)), args.stride,
                                    truth_raster)
     figures = {}
     (ref_mapped, truth, _) = runs["none"]

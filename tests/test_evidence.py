@@ -425,9 +425,11 @@ def test_uncertain_cells_are_flagged_everywhere_a_map_goes(predictor, tmp_path):
         assert json.loads(ds.tags()["mask_codes"])["207"] == "uncertain" == mapping.CELL_REASONS[207 - 201]
     np.testing.assert_array_equal(codes == 207, below)
     np.testing.assert_array_equal(percent, np.rint(conf * 100))
-    mapped = np.where(result.classified, reference.map_to_reference(result.labels)[result.grid], -1)
     truth = reference.map_to_reference(result.labels)[classes]
-    score = reference.score_cells(mapped, truth)
+    pixels = np.kron(truth + 1, np.ones((result.stride, result.stride), dtype=np.int64))  # on the scene's grid
+    mapped, scored, score = reference.score_map(result, pixels)
+    np.testing.assert_array_equal(scored, truth)
+    np.testing.assert_array_equal(mapped == -1, below)
     assert score.left_out == int(below.sum()) and score.coverage == pytest.approx(1 - below.mean())
     with pytest.raises(ValueError, match="--min-confidence must be between 0 and 1"):
         mapping.MapOptions(min_confidence=1.5)

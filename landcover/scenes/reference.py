@@ -184,6 +184,16 @@ def score_cells(mapped: np.ndarray, truth: np.ndarray) -> Score:
     return Score(confusion, left_out=int(confusion[:, -1].sum()))
 
 
+def score_map(result, reference: np.ndarray, purity: float = DEFAULT_PURITY) -> tuple[np.ndarray, np.ndarray, Score]:
+    """Score a scene map (:class:`~landcover.scenes.mapping.SceneMap`) against a reference rasterized on its
+    scene's grid (:func:`rasterize_reference`): ``(mapped, truth, score)``, the two cell grids (reference classes
+    0..3, -1 = not classified / not scored) for :func:`paired_difference`, and the :class:`Score`."""
+    rows, cols = result.grid.shape
+    truth = reference_cells(reference, result.stride, rows, cols, purity)
+    mapped = np.where(result.classified, map_to_reference(result.labels)[result.grid], -1)
+    return mapped, truth, score_cells(mapped, truth)
+
+
 @dataclass
 class PairedDifference:
     """Map B against map A on the same reference cells: differences (B - A) with 95 % block-bootstrap intervals."""
