@@ -125,25 +125,27 @@ def test_fuse_forces_water_by_majority_and_removes_it_from_dry_cells():
                                [0 if i in (SEALAKE, RIVER) else 1 / 8 for i in range(10)], atol=1e-7)
 
 
-def test_fuse_raises_forest_to_its_pixel_share_on_every_cell_not_mostly_water():
+def test_fuse_raises_forest_by_its_weighted_pixel_share_on_every_cell_not_mostly_water():
     labels = list(EUROSAT_CLASSES)
     herb, crop = (EUROSAT_CLASSES.index(c) for c in ("HerbaceousVegetation", "AnnualCrop"))
     probs = np.zeros((10, 1, 5), dtype=np.float32)
     probs[herb], probs[crop], probs[FOREST], probs[RIVER] = 0.6, 0.3, 0.01, 0.09
     water = np.array([[0.0, 0.0, 0.0, 0.3, 0.9]], dtype=np.float32)
-    forest = np.array([[0.6, 0.005, np.nan, 0.8, 0.8]], dtype=np.float32)
+    forest = np.array([[0.6, 0.005, np.nan, 0.4, 0.8]], dtype=np.float32)
     fused = evidence.fuse(probs, labels, water, forest=forest)
     np.testing.assert_allclose(fused.sum(axis=0), 1.0, atol=1e-6)
-    # Land cell, 60 % leaf-off forest pixels: Forest 0.6; the rest keeps the CNN's land proportions (2 : 1).
-    assert fused[FOREST, 0, 0] == pytest.approx(0.6)
-    assert fused[herb, 0, 0] == pytest.approx(0.4 * 2 / 3) and fused[crop, 0, 0] == pytest.approx(0.4 / 3)
+    # Land cell, 60 % leaf-off forest pixels: Forest 1.5 x 0.6 = 0.9; the rest keeps the CNN's land proportions.
+    assert evidence.FOREST_WEIGHT == 1.5 and fused[FOREST, 0, 0] == pytest.approx(0.9)
+    assert fused[herb, 0, 0] == pytest.approx(0.1 * 2 / 3) and fused[crop, 0, 0] == pytest.approx(0.1 / 3)
+    full = evidence.fuse(probs, labels, water, forest=np.full((1, 5), 0.7, dtype=np.float32))
+    assert full[FOREST, 0, 0] == 1.0 and full[herb, 0, 0] == 0.0  # two thirds and more: Forest, confidence 1
     # A share below the CNN's own Forest probability changes nothing but the water rule; no evidence neither.
     np.testing.assert_allclose(fused[:, 0, 1], evidence.fuse(probs, labels, water)[:, 0, 1])
     np.testing.assert_allclose(fused[:, 0, 2], evidence.fuse(probs, labels, water)[:, 0, 2])
     # Mixed cells (woods on a shore): Forest too, the CNN's water probability scaled with the rest; water cells: no.
-    assert fused[FOREST, 0, 3] == pytest.approx(0.8)
-    assert fused[RIVER, 0, 3] == pytest.approx(0.09 * 0.2 / 0.99)
-    assert fused[herb, 0, 3] == pytest.approx(0.6 * 0.2 / 0.99)
+    assert fused[FOREST, 0, 3] == pytest.approx(0.6)
+    assert fused[RIVER, 0, 3] == pytest.approx(0.09 * 0.4 / 0.99)
+    assert fused[herb, 0, 3] == pytest.approx(0.6 * 0.4 / 0.99)
     assert fused[FOREST, 0, 4] == 0
     # Pixels: vegetated, not in full leaf, dark at 2.2 um and not water.
     red = np.array([0.05, 0.05, 0.05, 0.05, 0.05, 0.02])

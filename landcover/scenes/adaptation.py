@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 # Share of the scene's statistics, chosen on the development scene (Brandenburg L1C, February, stride 16, every
 # band fused; bench/scene_adaptation.py, figures of each blend in docs/scenes.md): 0.4 gains nearly all the balanced
-# accuracy of 0.5 (+0.10 of +0.12) for about half its agreement loss; at 1.0 most fields become villages.
+# accuracy of 0.5 (+0.106 of +0.109) for under half its agreement loss (-0.015 of -0.036); at 1.0 most fields become
+# villages.
 BN_BLEND = 0.4
 BN_STRIDE = 32  # tiles the statistics are estimated on: half-overlapping (1,081 on the development scene) ...
 BN_MAX_TILES = 2048  # ... at most this many, evenly spread (a whole Sentinel-2 tile has ~117,000 at stride 32)
