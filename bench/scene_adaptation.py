@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     for name, stretch in (("dos", False), ("stretch", True)):
         with open_scene(args.scene) as scene:
             runs[name] = map_and_score(base, with_colours(scene, colour_lut(scene_p, target_p, stretch)), args.stride,
-                                   truth_raster)
+                                       truth_raster)
     figures = {}
     (ref_mapped, truth, _) = runs["none"]
     for name, (mapped, _, score) in runs.items():

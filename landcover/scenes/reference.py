@@ -19,9 +19,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from landcover.scenes.mapping import SceneMap
 
 REFERENCE_CLASSES = ("Forest", "Grass/crop", "Urban", "Water")
 EUROSAT_TO_REFERENCE = {
@@ -184,8 +187,9 @@ def score_cells(mapped: np.ndarray, truth: np.ndarray) -> Score:
     return Score(confusion, left_out=int(confusion[:, -1].sum()))
 
 
-def score_map(result, reference: np.ndarray, purity: float = DEFAULT_PURITY) -> tuple[np.ndarray, np.ndarray, Score]:
-    """Score a scene map (:class:`~landcover.scenes.mapping.SceneMap`) against a reference rasterized on its
+def score_map(result: "SceneMap", reference: np.ndarray, purity: float = DEFAULT_PURITY
+              ) -> tuple[np.ndarray, np.ndarray, Score]:
+    """Score a scene map against a reference rasterized on its
     scene's grid (:func:`rasterize_reference`): ``(mapped, truth, score)``, the two cell grids (reference classes
     0..3, -1 = not classified / not scored) for :func:`paired_difference`, and the :class:`Score`."""
     rows, cols = result.grid.shape
