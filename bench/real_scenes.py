@@ -77,7 +77,7 @@ def run_one(predictor, scene_path: str, truth_raster, setting: str, args) -> tup
     start = time.perf_counter()
     with open_scene(scene_path) as scene:
         if truth_raster is None:
-            grid = GridSpec(scene.height, scene.width, scene.grid.crs, scene.grid.transform)
+            grid = GridSpec.of_scene(scene)
             truth_raster = rasterize_reference(args.reference[args.scene.index(scene_path)], grid,
                                                CROSSWALKS[args.crosswalk], args.field)
         result = map_scene(predictor, scene, options)

@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     base = load_predictor(args.model, task="scenes", tta=False)
     with open_scene(args.scene) as scene:
-        grid = GridSpec(scene.height, scene.width, scene.grid.crs, scene.grid.transform)
+        grid = GridSpec.of_scene(scene)
         truth_raster = rasterize_reference(args.reference, grid, CROSSWALKS[args.crosswalk])
         scene_p = scene_percentiles(scene)
     target_p = eurosat_percentiles(base, args.data, args.sample)

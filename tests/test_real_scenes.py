@@ -33,7 +33,7 @@ def test_the_development_scene_keeps_its_documented_figures(brandenburg):
 
     predictor = load_predictor(None, task="scenes")
     with open_scene(str(brandenburg / "IMG_DATA")) as scene:
-        grid = GridSpec(scene.height, scene.width, scene.grid.crs, scene.grid.transform)
+        grid = GridSpec.of_scene(scene)
         reference = rasterize_reference(brandenburg / "osm_landuse_water_1-50ha.gpkg", grid, CROSSWALKS["osm"])
         result = map_scene(predictor, scene, MapOptions(stride=16, progress=False))
     _, _, score = score_map(result, reference)

@@ -53,6 +53,11 @@ class GridSpec:
     crs: object  # rasterio CRS
     transform: object  # affine.Affine
 
+    @classmethod
+    def of_scene(cls, scene) -> "GridSpec":
+        """The grid of an open :class:`~landcover.readers.raster.Scene` (its 10 m grid, what maps are made on)."""
+        return cls(scene.height, scene.width, scene.grid.crs, scene.grid.transform)
+
 
 def map_to_reference(labels: Sequence[str]) -> np.ndarray:
     """int array: reference class index (0..3) of each model label, -1 for labels without one."""
