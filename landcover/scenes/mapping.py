@@ -329,7 +329,7 @@ def accumulate_tiles(predictor: "Predictor", scene: Scene, options: MapOptions,
     own = r1 - r0 + (k - 1 if r1 == rows else 0)  # cell rows this part owns (masks, evidence)
     acc = np.zeros((len(predictor.labels), r1 - r0 + k - 1, cols + k - 1), dtype=np.float32)
     reason = np.zeros((r1 - r0 + k - 1, cols + k - 1), dtype=np.uint8)
-    use_evidence = options.evidence == "auto" and scene.has_evidence
+    use_evidence = fuses_evidence(scene, options)
     layers = {name: np.full((own, cols + k - 1), np.nan, dtype=np.float32) for name in EVIDENCE_LAYERS} \
         if use_evidence else {}
     leaf_on = (scene_season(scene, options) if leaf_on == _DECIDE else leaf_on) if use_evidence else None
@@ -359,10 +359,15 @@ def accumulate_tiles(predictor: "Predictor", scene: Scene, options: MapOptions,
     return TileSums((r0, r1), acc, kept, reason[:own], layers, leaf_on)
 
 
+def fuses_evidence(scene: Scene, options: MapOptions) -> bool:
+    """Whether a map of ``scene`` with ``options`` fuses spectral evidence (``--evidence auto`` and bands for it)."""
+    return options.evidence == "auto" and scene.has_evidence
+
+
 def scene_season(scene: Scene, options: MapOptions) -> Optional[bool]:
     """The season guard a map of ``scene`` with ``options`` uses (:func:`season_guard`); None when the map fuses
     no spectral evidence."""
-    return season_guard(scene) if options.evidence == "auto" and scene.has_evidence else None
+    return season_guard(scene) if fuses_evidence(scene, options) else None
 
 
 def season_guard(scene: Scene) -> Optional[bool]:
